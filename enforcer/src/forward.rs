@@ -1,0 +1,590 @@
+//! Forwarding one request upstream and relaying the answer: the attempt loop (retries
+//! and fallbacks before any byte reached the client), non-streaming relay with usage read
+//! from the body, and SSE relay event by event with usage tracked on the fly, client
+//! disconnects handled per `on_client_abort`. Runs in its own task so it always ends by
+//! writing one usage event per attempt. Must not authenticate or apply policies.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tally_events::FinishState;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::accounting::{AttemptOutcome, RequestCtx};
+use crate::config::OnClientAbort;
+use crate::error::ErrorKind;
+use crate::keys::KeyLocation;
+use crate::providers::{self, Endpoint, EventAction, RequestInfo, StreamTracker};
+use crate::proxy::{ProxyBody, ProxyState, await_head, error_response, full, stamp};
+use crate::upstream::{self, Upstream, strip_hop_by_hop};
+
+/// Largest single SSE event tracked; larger events are relayed untouched.
+const MAX_SSE_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// A request ready to be forwarded.
+pub(crate) struct Forward {
+    ctx: RequestCtx,
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+    key_location: Option<KeyLocation>,
+    target: Target,
+}
+
+enum Target {
+    Provider {
+        endpoint: Endpoint,
+        info: RequestInfo,
+    },
+    Passthrough {
+        upstream: Option<Upstream>,
+    },
+}
+
+impl Forward {
+    pub(crate) fn provider(
+        ctx: RequestCtx,
+        parts: Parts,
+        body: Bytes,
+        key_location: Option<KeyLocation>,
+        endpoint: Endpoint,
+        info: RequestInfo,
+    ) -> Self {
+        Self::new(
+            ctx,
+            parts,
+            body,
+            key_location,
+            Target::Provider { endpoint, info },
+        )
+    }
+
+    pub(crate) fn passthrough(
+        ctx: RequestCtx,
+        parts: Parts,
+        body: Bytes,
+        key_location: Option<KeyLocation>,
+        upstream: Option<Upstream>,
+    ) -> Self {
+        Self::new(
+            ctx,
+            parts,
+            body,
+            key_location,
+            Target::Passthrough { upstream },
+        )
+    }
+
+    fn new(
+        ctx: RequestCtx,
+        parts: Parts,
+        body: Bytes,
+        key_location: Option<KeyLocation>,
+        target: Target,
+    ) -> Self {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        Self {
+            ctx,
+            method: parts.method,
+            path_and_query,
+            headers: parts.headers,
+            body,
+            key_location,
+            target,
+        }
+    }
+}
+
+/// Start forwarding in a task of its own and wait for the response head.
+pub(crate) async fn start(state: Arc<ProxyState>, fwd: Forward) -> Response<ProxyBody> {
+    let (tx, rx) = oneshot::channel();
+    let ctx = fwd.ctx.clone();
+    tokio::spawn(async move {
+        state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        run(&state, fwd, tx).await;
+        state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    });
+    await_head(rx, &ctx).await
+}
+
+struct Attempt<'a> {
+    state: &'a ProxyState,
+    ctx: &'a RequestCtx,
+    id: String,
+    number: u32,
+    retry_of: Option<String>,
+    upstream: &'a Upstream,
+    upstream_elapsed: Duration,
+}
+
+impl Attempt<'_> {
+    fn outcome(&self, status: Option<u16>, finish: FinishState) -> AttemptOutcome {
+        AttemptOutcome {
+            request_id: self.id.clone(),
+            upstream: Some(self.upstream.name.clone()),
+            status_code: status,
+            finish_state: finish,
+            reported: None,
+            estimated_output_tokens: 0,
+            model_served: None,
+            upstream_request_id: None,
+            ttft_ms: None,
+            retry_attempt: self.number,
+            retry_of: self.retry_of.clone(),
+            input_forwarded: true,
+        }
+    }
+
+    async fn record(&self, outcome: AttemptOutcome) {
+        let event = outcome.into_event(self.ctx, Some(&self.state.prices));
+        tracing::info!(
+            request_id = %event.header.request_id,
+            tenant = %event.header.tenant,
+            status = ?event.status_code,
+            finish = %event.finish_state,
+            input = event.tokens.input_tokens,
+            output = event.tokens.output_tokens,
+            source = %event.usage_source,
+            "usage"
+        );
+        self.state.sink.emit_always(event.into()).await;
+    }
+
+    fn overhead(&self) -> Duration {
+        self.ctx
+            .started
+            .elapsed()
+            .saturating_sub(self.upstream_elapsed)
+    }
+
+    fn error(&self, kind: ErrorKind, message: &str) -> Response<ProxyBody> {
+        let mut resp = error_response(self.ctx.provider, kind, message, &self.id, self.ctx.started);
+        stamp(resp.headers_mut(), &self.id, self.overhead());
+        resp
+    }
+}
+
+async fn run(state: &ProxyState, fwd: Forward, head_tx: oneshot::Sender<Response<ProxyBody>>) {
+    let ctx = &fwd.ctx;
+    let (endpoint, info) = match &fwd.target {
+        Target::Provider { endpoint, info } => (Some(endpoint), Some(info)),
+        Target::Passthrough { .. } => (None, None),
+    };
+    let (body, strip_usage) = match (endpoint, info) {
+        (Some(e), Some(i)) => match providers::prepare_upstream_body(e, &fwd.body, i) {
+            Ok(Some(rewritten)) => (Bytes::from(rewritten), true),
+            _ => (fwd.body.clone(), false),
+        },
+        _ => (fwd.body.clone(), false),
+    };
+    let (candidates, route) = match &fwd.target {
+        Target::Provider { endpoint, .. } => {
+            let route = state.config.route_for(endpoint.provider);
+            let names = std::iter::once(&route.upstream).chain(&route.fallbacks);
+            let c: Vec<&Upstream> = names.filter_map(|n| state.upstreams.get(n)).collect();
+            (c, Some(route))
+        }
+        Target::Passthrough { upstream } => (upstream.iter().collect(), None),
+    };
+    if candidates.is_empty() {
+        let msg = "no upstream is configured for this provider; add one under proxy.upstreams and proxy.routes";
+        let resp = error_response(
+            ctx.provider,
+            ErrorKind::NoUpstream,
+            msg,
+            &ctx.request_id,
+            ctx.started,
+        );
+        let _ = head_tx.send(resp);
+        state.sink.emit_always(ctx.denied_usage(503).into()).await;
+        return;
+    }
+    let max_attempts = route.as_ref().map_or(1, |r| r.max_attempts.max(1));
+    let mut head_tx = Some(head_tx);
+    let mut retry_of: Option<String> = None;
+    for n in 0..max_attempts {
+        let last = n + 1 == max_attempts;
+        let id = if n == 0 {
+            ctx.request_id.clone()
+        } else {
+            format!("{}-r{n}", ctx.request_id)
+        };
+        let upstream = candidates[(n as usize) % candidates.len()];
+        let mut attempt = Attempt {
+            state,
+            ctx,
+            id: id.clone(),
+            number: n,
+            retry_of: retry_of.clone(),
+            upstream,
+            upstream_elapsed: Duration::ZERO,
+        };
+        if n > 0 {
+            let backoff = route
+                .as_ref()
+                .map_or(0, |r| r.backoff_ms.saturating_mul(1 << (n - 1).min(10)));
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+        }
+        let req = match upstream::build_request(
+            upstream,
+            &fwd.method,
+            &fwd.path_and_query,
+            &fwd.headers,
+            fwd.key_location,
+            body.clone(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                let resp = attempt.error(ErrorKind::NoUpstream, &e);
+                send_head(&mut head_tx, resp);
+                attempt
+                    .record(AttemptOutcome {
+                        input_forwarded: false,
+                        ..attempt.outcome(Some(503), FinishState::UpstreamError)
+                    })
+                    .await;
+                return;
+            }
+        };
+        let sent_at = Instant::now();
+        let timeout = Duration::from_millis(state.config.response_timeout_ms);
+        let result = tokio::time::timeout(timeout, state.client.request(req)).await;
+        attempt.upstream_elapsed = sent_at.elapsed();
+        let failure = match result {
+            Err(_) => Some((
+                ErrorKind::UpstreamTimeout,
+                FinishState::Timeout,
+                "the upstream did not answer in time".to_owned(),
+                true,
+            )),
+            Ok(Err(e)) => {
+                let safe = e.is_connect();
+                Some((
+                    ErrorKind::UpstreamConnect,
+                    FinishState::UpstreamError,
+                    format!("upstream request failed: {e}"),
+                    safe,
+                ))
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let retry_status = route
+                    .as_ref()
+                    .is_some_and(|r| r.retry_on_status.contains(&status));
+                if retry_status && !last {
+                    // Drain (bounded) so the connection can be reused, then try again.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        Limited::new(resp.into_body(), 1 << 20).collect(),
+                    )
+                    .await;
+                    state.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    attempt
+                        .record(attempt.outcome(Some(status), FinishState::UpstreamError))
+                        .await;
+                    retry_of = Some(id);
+                    continue;
+                }
+                let tracker = endpoint.map(|e| StreamTracker::new(e, strip_usage));
+                relay(&attempt, resp, tracker, &mut head_tx, endpoint).await;
+                return;
+            }
+        };
+        if let Some((kind, finish, message, safe)) = failure {
+            state.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(code = kind.code(), upstream = %upstream.name, %message, "upstream attempt failed");
+            if safe && !last {
+                attempt.record(attempt.outcome(None, finish)).await;
+                retry_of = Some(id);
+                continue;
+            }
+            send_head(&mut head_tx, attempt.error(kind, &message));
+            attempt
+                .record(attempt.outcome(Some(kind.status()), finish))
+                .await;
+            return;
+        }
+    }
+}
+
+fn send_head(
+    head_tx: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
+    resp: Response<ProxyBody>,
+) -> bool {
+    match head_tx.take() {
+        Some(tx) => tx.send(resp).is_ok(),
+        None => false,
+    }
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+fn upstream_request_id(headers: &HeaderMap) -> Option<String> {
+    ["x-request-id", "request-id", "x-goog-request-id"]
+        .iter()
+        .find_map(|n| {
+            headers
+                .get(*n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn relay(
+    attempt: &Attempt<'_>,
+    resp: Response<Incoming>,
+    tracker: Option<StreamTracker>,
+    head_tx: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
+    endpoint: Option<&Endpoint>,
+) {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let up_id = upstream_request_id(&parts.headers);
+    if is_sse(&parts.headers) {
+        relay_stream(attempt, parts, body, tracker, head_tx, up_id).await;
+    } else {
+        relay_whole(attempt, parts, body, head_tx, endpoint, up_id).await;
+    }
+}
+
+async fn relay_whole(
+    attempt: &Attempt<'_>,
+    mut parts: http::response::Parts,
+    body: Incoming,
+    head_tx: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
+    endpoint: Option<&Endpoint>,
+    up_id: Option<String>,
+) {
+    let config = &attempt.state.config;
+    let read = tokio::time::timeout(
+        Duration::from_millis(config.idle_timeout_ms),
+        Limited::new(body, config.max_response_bytes).collect(),
+    )
+    .await;
+    let status = parts.status.as_u16();
+    let bytes = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            let msg = format!("the upstream response could not be read: {e}");
+            send_head(head_tx, attempt.error(ErrorKind::UpstreamBody, &msg));
+            let mut o = attempt.outcome(Some(502), FinishState::UpstreamError);
+            o.upstream_request_id = up_id;
+            attempt.record(o).await;
+            return;
+        }
+        Err(_) => {
+            send_head(
+                head_tx,
+                attempt.error(
+                    ErrorKind::UpstreamTimeout,
+                    "the upstream response body stalled",
+                ),
+            );
+            let mut o = attempt.outcome(Some(504), FinishState::Timeout);
+            o.upstream_request_id = up_id;
+            attempt.record(o).await;
+            return;
+        }
+    };
+    let report = match endpoint {
+        Some(e) if parts.status.is_success() => providers::usage_from_body(e, &bytes).ok(),
+        _ => None,
+    };
+    stamp(&mut parts.headers, &attempt.id, attempt.overhead());
+    let resp = Response::from_parts(parts, full(bytes));
+    let delivered = send_head(head_tx, resp);
+    let mut o = attempt.outcome(
+        Some(status),
+        match (delivered, status < 400) {
+            (false, _) => FinishState::ClientAborted,
+            (true, true) => FinishState::Completed,
+            (true, false) => FinishState::UpstreamError,
+        },
+    );
+    o.ttft_ms = Some(ms(attempt.ctx.started.elapsed()));
+    if let Some(r) = report {
+        o.model_served = r.model_served;
+        o.upstream_request_id = r.upstream_request_id.or(up_id);
+        o.reported = Some((r.tokens, r.complete));
+    } else {
+        o.upstream_request_id = up_id;
+        if status >= 400 {
+            // Providers do not bill failed requests.
+            o.input_forwarded = false;
+        }
+    }
+    attempt.record(o).await;
+}
+
+type FrameResult = Result<Frame<Bytes>, io::Error>;
+
+async fn relay_stream(
+    attempt: &Attempt<'_>,
+    mut parts: http::response::Parts,
+    mut body: Incoming,
+    mut tracker: Option<StreamTracker>,
+    head_tx: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
+    up_id: Option<String>,
+) {
+    let config = &attempt.state.config;
+    let status = parts.status.as_u16();
+    let (tx, rx) = mpsc::channel::<FrameResult>(16);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    stamp(&mut parts.headers, &attempt.id, attempt.overhead());
+    let resp = Response::from_parts(parts, StreamBody::new(stream).boxed());
+    let mut client_gone = !send_head(head_tx, resp);
+    let mut gone_at = client_gone.then(Instant::now);
+    let mut parser = providers::sse::SseParser::new(MAX_SSE_EVENT_BYTES);
+    let mut ttft: Option<u64> = None;
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    let finish = loop {
+        if client_gone && config.on_client_abort == OnClientAbort::Cancel {
+            break FinishState::ClientAborted;
+        }
+        let wait = match gone_at {
+            Some(at) => match drain.checked_sub(at.elapsed()) {
+                Some(left) => left.min(idle),
+                None => break FinishState::ClientAborted,
+            },
+            None => idle,
+        };
+        let next = tokio::select! {
+            biased;
+            _ = tx.closed(), if !client_gone && config.on_client_abort == OnClientAbort::Cancel => {
+                client_gone = true;
+                continue;
+            }
+            r = tokio::time::timeout(wait, body.frame()) => r,
+        };
+        let frame = match next {
+            Err(_) if client_gone => break FinishState::ClientAborted,
+            Err(_) => {
+                let _ = tx
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "upstream stream stalled",
+                    )))
+                    .await;
+                break FinishState::Timeout;
+            }
+            Ok(None) => {
+                let rest = parser.finish();
+                if !rest.is_empty() && !client_gone {
+                    let _ = tx.send(Ok(Frame::data(rest))).await;
+                }
+                break if client_gone {
+                    FinishState::ClientAborted
+                } else {
+                    FinishState::Completed
+                };
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "upstream stream failed");
+                if !client_gone {
+                    let _ = tx
+                        .send(Err(io::Error::other(format!(
+                            "upstream stream failed: {e}"
+                        ))))
+                        .await;
+                }
+                break if client_gone {
+                    FinishState::ClientAborted
+                } else {
+                    FinishState::UpstreamError
+                };
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let out = match (&mut tracker, parser.push(&data)) {
+            (Some(t), Ok(events)) => {
+                let mut out = BytesMut::new();
+                for ev in &events {
+                    if t.on_event(ev) == EventAction::Forward {
+                        out.extend_from_slice(ev.raw());
+                    }
+                }
+                out.freeze()
+            }
+            (None, Ok(events)) => {
+                let mut out = BytesMut::new();
+                for ev in &events {
+                    out.extend_from_slice(ev.raw());
+                }
+                out.freeze()
+            }
+            (_, Err(e)) => {
+                // Too large or malformed to track: relay the bytes untouched from here on.
+                tracing::warn!(error = %e, "SSE stream not trackable; relaying raw");
+                tracker = None;
+                let mut out = BytesMut::from(&parser.finish()[..]);
+                out.extend_from_slice(&data);
+                out.freeze()
+            }
+        };
+        if out.is_empty() || client_gone {
+            continue;
+        }
+        if ttft.is_none() {
+            ttft = Some(ms(attempt.ctx.started.elapsed()));
+        }
+        if tx.send(Ok(Frame::data(out))).await.is_err() {
+            client_gone = true;
+            gone_at = Some(Instant::now());
+        }
+    };
+    drop(tx);
+    let mut o = attempt.outcome(Some(status), finish);
+    o.ttft_ms = ttft;
+    o.upstream_request_id = up_id;
+    if let Some(t) = &tracker {
+        let r = t.report();
+        o.model_served = r.model_served.clone();
+        if r.upstream_request_id.is_some() {
+            o.upstream_request_id = r.upstream_request_id.clone();
+        }
+        if !r.complete {
+            let model = o
+                .model_served
+                .as_deref()
+                .or(attempt.ctx.model_requested.as_deref())
+                .unwrap_or("");
+            o.estimated_output_tokens =
+                providers::estimate::estimate_output_tokens(model, t.streamed_text());
+        }
+        o.reported = Some((r.tokens, r.complete));
+    }
+    if status >= 400 && o.reported.as_ref().is_none_or(|r| !r.1) {
+        o.input_forwarded = false;
+    }
+    attempt.record(o).await;
+}

@@ -1,0 +1,357 @@
+//! Request handling: classify the endpoint, authenticate the gateway key, read and
+//! inspect the body, then hand the request to a forwarding task that owns it to the end
+//! (so a client that disconnects can never stop its usage from being recorded). Must not
+//! parse provider formats itself (`providers`) or talk to the log directly (`sink`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tally_events::{EventId, Provider, RuleKind};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::accounting::RequestCtx;
+use crate::config::{ProxyConfig, UnknownPaths};
+use crate::error::{ErrorKind, ProxyError};
+use crate::forward::{self, Forward};
+use crate::keys::{self, KeyStore};
+use crate::pricing::PriceTable;
+use crate::providers;
+use crate::sink::EventSink;
+use crate::upstream::{self, HttpClient, Upstream};
+
+/// The body type of every response tally sends.
+pub type ProxyBody = BoxBody<Bytes, std::io::Error>;
+
+/// Counters of the proxy, for metrics.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub requests: AtomicU64,
+    pub denied: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+/// Everything request handling needs; shared by all connections.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub instance: String,
+    pub keys: KeyStore,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub prices: PriceTable,
+    pub client: HttpClient,
+    pub sink: EventSink,
+    pub stats: ProxyStats,
+}
+
+impl ProxyState {
+    /// Build from config. Fails on unset credential variables or an unreadable price file.
+    pub fn new(config: ProxyConfig, instance: String, sink: EventSink) -> Result<Self, String> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let prices = match &config.prices {
+            Some(p) => PriceTable::load(p).map_err(|e| e.to_string())?,
+            None => PriceTable::built_in(),
+        };
+        Ok(Self {
+            keys: KeyStore::new(&config.keys, config.dev_keys),
+            upstreams: upstream::resolve_upstreams(&config.upstreams)?,
+            client: upstream::client(&config),
+            prices,
+            config,
+            instance,
+            sink,
+            stats: ProxyStats::default(),
+        })
+    }
+}
+
+/// A new request id: `req_` + a time-ordered UUID in simple form.
+pub fn new_request_id() -> String {
+    format!("req_{}", EventId::new().as_uuid().simple())
+}
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub(crate) fn error_response(
+    provider: Option<Provider>,
+    kind: ErrorKind,
+    message: &str,
+    request_id: &str,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = providers::error_body(
+        provider.unwrap_or(Provider::Openai),
+        status.as_u16(),
+        kind.code(),
+        message,
+    );
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    stamp(h, request_id, started.elapsed());
+    resp
+}
+
+/// Add tally's response headers.
+pub(crate) fn stamp(
+    headers: &mut http::HeaderMap,
+    request_id: &str,
+    overhead: std::time::Duration,
+) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-tally-request-id", v);
+    }
+    let overhead = overhead.as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("{overhead:.3}")) {
+        headers.insert("x-tally-overhead-ms", v);
+    }
+}
+
+/// Handle one client request.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let request_id = new_request_id();
+    let span = tracing::info_span!("request", request_id = %request_id, tenant = tracing::field::Empty, key = tracing::field::Empty);
+    let resp = handle_inner(&state, req, &request_id, started, &span)
+        .instrument(span.clone())
+        .await;
+    Ok(resp)
+}
+
+async fn handle_inner(
+    state: &Arc<ProxyState>,
+    req: Request<Incoming>,
+    request_id: &str,
+    started: Instant,
+    span: &tracing::Span,
+) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let endpoint = providers::classify(&parts.method, parts.uri.path());
+    let provider = endpoint.as_ref().map(|e| e.provider);
+    let mut ctx = RequestCtx {
+        request_id: request_id.to_owned(),
+        instance: state.instance.clone(),
+        started,
+        tenant: "unknown".to_owned(),
+        api_key_id: None,
+        labels: BTreeMap::new(),
+        provider,
+        route: endpoint.as_ref().map(|e| e.route),
+        model_requested: endpoint.as_ref().and_then(|e| e.model_in_path.clone()),
+        streamed: endpoint.as_ref().is_some_and(|e| e.streaming_by_path),
+        estimated_input_tokens: 0,
+    };
+
+    // Authenticate first: nothing about an unauthenticated request is trusted.
+    let found = keys::find_key(&parts.headers, parts.uri.query(), provider);
+    let key = found
+        .as_ref()
+        .and_then(|(secret, _)| state.keys.resolve(secret));
+    let Some(key) = key else {
+        let reason = match &found {
+            None => "no gateway API key in the request; send it as the provider SDK's API key (or in x-tally-key)".to_owned(),
+            Some(_) => "the gateway API key is not known to tally; check the key, or ask your platform team for one".to_owned(),
+        };
+        return deny(
+            state,
+            &ctx,
+            "gateway-key",
+            RuleKind::Auth,
+            ErrorKind::Unauthenticated,
+            reason,
+        )
+        .await;
+    };
+    let key_location = found.map(|(_, loc)| loc);
+    span.record("tenant", key.tenant.as_str());
+    span.record("key", key.key_id.as_str());
+    ctx.tenant = key.tenant;
+    ctx.api_key_id = Some(key.key_id);
+    ctx.labels = key.labels;
+
+    let Some(endpoint) = endpoint else {
+        return match state.config.unknown_paths {
+            UnknownPaths::Deny => {
+                let reason = format!(
+                    "{} {} is not an API tally proxies; set proxy.unknown_paths: passthrough to forward it",
+                    parts.method,
+                    parts.uri.path()
+                );
+                deny(
+                    state,
+                    &ctx,
+                    "unknown-path",
+                    RuleKind::Validation,
+                    ErrorKind::UnknownPath,
+                    reason,
+                )
+                .await
+            }
+            UnknownPaths::Passthrough => {
+                let body = match read_body(state, body).await {
+                    Ok(b) => b,
+                    Err(kind) => return too_large_or_bad(state, &ctx, kind).await,
+                };
+                let upstream = state.upstreams.values().next().cloned();
+                forward::start(
+                    state.clone(),
+                    Forward::passthrough(ctx, parts, body, key_location, upstream),
+                )
+                .await
+            }
+        };
+    };
+
+    let body = match read_body(state, body).await {
+        Ok(b) => b,
+        Err(kind) => return too_large_or_bad(state, &ctx, kind).await,
+    };
+    let info = match providers::inspect_request(&endpoint, &body) {
+        Ok(info) => info,
+        Err(e) => {
+            let reason = format!(
+                "the request body is not a valid {} request: {e}",
+                endpoint.provider
+            );
+            return deny(
+                state,
+                &ctx,
+                "request-validation",
+                RuleKind::Validation,
+                ErrorKind::InvalidRequest,
+                reason,
+            )
+            .await;
+        }
+    };
+    if info.model.is_some() {
+        ctx.model_requested = info.model.clone();
+    }
+    ctx.streamed = ctx.streamed || info.stream;
+    ctx.estimated_input_tokens = info.estimated_input_tokens;
+
+    if !state.sink.has_room() {
+        state.stats.denied.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            provider,
+            ErrorKind::EventLog,
+            "tally cannot record usage right now (event queue full); retry shortly",
+            request_id,
+            started,
+        );
+    }
+    forward::start(
+        state.clone(),
+        Forward::provider(ctx, parts, body, key_location, endpoint, info),
+    )
+    .await
+}
+
+async fn read_body(state: &ProxyState, body: Incoming) -> Result<Bytes, ErrorKind> {
+    match Limited::new(body, state.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ErrorKind::BodyTooLarge)
+        }
+        Err(_) => Err(ErrorKind::ClientGone),
+    }
+}
+
+async fn too_large_or_bad(
+    state: &ProxyState,
+    ctx: &RequestCtx,
+    kind: ErrorKind,
+) -> Response<ProxyBody> {
+    let reason = match kind {
+        ErrorKind::BodyTooLarge => format!(
+            "the request body exceeds proxy.max_body_bytes ({} bytes)",
+            state.config.max_body_bytes
+        ),
+        _ => "the request body could not be read (client disconnected or sent a malformed body)"
+            .to_owned(),
+    };
+    deny(
+        state,
+        ctx,
+        "request-size",
+        RuleKind::Validation,
+        kind,
+        reason,
+    )
+    .await
+}
+
+/// Refuse a request: one decision event, one usage event (`denied`), and an error in the
+/// provider's format.
+pub(crate) async fn deny(
+    state: &ProxyState,
+    ctx: &RequestCtx,
+    rule: &str,
+    rule_kind: RuleKind,
+    kind: ErrorKind,
+    reason: String,
+) -> Response<ProxyBody> {
+    state.stats.denied.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(code = kind.code(), rule, %reason, "request denied");
+    let decision = ctx.denial(rule, rule_kind, reason.clone());
+    state.sink.emit_always(decision.into()).await;
+    state
+        .sink
+        .emit_always(ctx.denied_usage(kind.status()).into())
+        .await;
+    error_response(ctx.provider, kind, &reason, &ctx.request_id, ctx.started)
+}
+
+/// Wait for the forwarding task's response head.
+pub(crate) async fn await_head(
+    rx: oneshot::Receiver<Response<ProxyBody>>,
+    ctx: &RequestCtx,
+) -> Response<ProxyBody> {
+    match rx.await {
+        Ok(resp) => resp,
+        Err(_) => error_response(
+            ctx.provider,
+            ErrorKind::UpstreamBody,
+            "internal error: the forwarding task ended without a response",
+            &ctx.request_id,
+            ctx.started,
+        ),
+    }
+}
+
+impl From<ProxyError> for std::io::Error {
+    fn from(e: ProxyError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}

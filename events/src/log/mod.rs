@@ -1,0 +1,162 @@
+//! The event log abstraction: append with a durability acknowledgement, read/tail from
+//! a position, and checkpoint for retention. The local segment log ([`SegmentLog`]) is
+//! the embedded default and the spool for Kafka outages; the Kafka log implements the
+//! same trait. Must not interpret payloads (they are opaque encoded events).
+
+mod receipt;
+mod segment;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use receipt::Receipt;
+pub use segment::{LogStats, SegmentLog};
+
+/// A place in a log: the segment (or partition) and the byte offset within it.
+/// Ordered: every record's position is greater than its predecessors'.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Position {
+    /// The very beginning of a log.
+    pub const START: Position = Position {
+        segment: 0,
+        offset: 0,
+    };
+
+    pub const fn new(segment: u64, offset: u64) -> Self {
+        Self { segment, offset }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.segment, self.offset)
+    }
+}
+
+/// One record read back from a log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Record {
+    /// Where the record starts.
+    pub position: Position,
+    /// Where the next record starts: the position to resume reading from.
+    pub next: Position,
+    /// The opaque payload (an encoded event).
+    pub payload: Vec<u8>,
+}
+
+/// When appended records are made durable (fsync) before being acknowledged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Every acknowledged record has been fsynced (appends arriving together share one
+    /// fsync: group commit).
+    Always,
+    /// Records are fsynced together every `fsync_interval_ms`; acknowledged after that.
+    #[default]
+    Interval,
+}
+
+/// Settings of the local segment log (`log:` in tally.yaml).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Directory of segment files. Default: `<data-dir>/log`.
+    pub dir: Option<PathBuf>,
+    /// `always` or `interval`.
+    pub fsync: FsyncPolicy,
+    /// Group-commit interval for `fsync: interval`, milliseconds.
+    pub fsync_interval_ms: u64,
+    /// A segment is closed and a new one started past this size, bytes.
+    pub segment_bytes: u64,
+    /// Largest accepted record payload, bytes.
+    pub max_record_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 5,
+            segment_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Errors of an event log. Each has a stable code (see [`LogError::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(
+        "log.io: {context}: {source}. Check that the log directory exists, is writable and the disk is not full"
+    )]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "log.corrupt: record at {position} in {file} is corrupt ({detail}) and valid records follow it; this is not a torn tail, so nothing was truncated. Inspect with `tally log inspect`, restore the file from a copy, or move it aside"
+    )]
+    Corrupt {
+        file: PathBuf,
+        position: Position,
+        detail: String,
+    },
+    #[error("log.record_too_large: record of {size} bytes exceeds log.max_record_bytes ({max})")]
+    RecordTooLarge { size: usize, max: u32 },
+    #[error("log.closed: the log is closed or its writer stopped after an earlier error: {0}")]
+    Closed(String),
+    #[error(
+        "log.position: position {0} is not in the log (deleted by retention or beyond the end)"
+    )]
+    BadPosition(Position),
+}
+
+impl LogError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LogError::Io { .. } => "log.io",
+            LogError::Corrupt { .. } => "log.corrupt",
+            LogError::RecordTooLarge { .. } => "log.record_too_large",
+            LogError::Closed(_) => "log.closed",
+            LogError::BadPosition(_) => "log.position",
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LogError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// An append-only, durable, ordered event log.
+pub trait EventLog: Send + Sync + 'static {
+    /// Append one record. `key` is the partitioning key (the tenant); logs with a single
+    /// partition ignore it. Returns at once; the [`Receipt`] resolves once the record is
+    /// durable under the log's policy. Never blocks on disk I/O.
+    fn append(&self, key: &str, payload: &[u8]) -> Result<Receipt, LogError>;
+
+    /// Read up to `max` durable records starting at `from` (the `next` of the last record
+    /// read, or [`Position::START`]). An empty result means "nothing more yet".
+    fn read(&self, from: Position, max: usize) -> Result<Vec<Record>, LogError>;
+
+    /// Everything before `upto` has been consumed for good (committed by the ledger):
+    /// storage wholly below it may be reclaimed.
+    fn checkpoint(&self, upto: Position) -> Result<(), LogError>;
+
+    /// The position after the last durable record.
+    fn durable_end(&self) -> Position;
+}

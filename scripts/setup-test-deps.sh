@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: rustfmt/clippy components and the
+# Python clients (official `openai` and `anthropic` SDKs) used as real external clients
+# in end-to-end tests, into a virtualenv outside the clone.
+set -euo pipefail
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+VENV="${TALLY_TEST_VENV:-$HOME/.cache/tally/venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import openai, anthropic' >/dev/null 2>&1; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.50,<3' 'anthropic>=0.40,<1'
+fi
+echo "test dependencies ready (python clients in $VENV)"

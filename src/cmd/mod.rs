@@ -1,0 +1,42 @@
+//! Subcommand implementations: each wires crates together for one CLI command. No
+//! business logic lives here.
+
+pub(crate) mod keys;
+pub(crate) mod log;
+pub(crate) mod simulate;
+pub(crate) mod up;
+
+use anyhow::Result;
+
+use crate::GlobalArgs;
+use crate::config::TallyConfig;
+
+/// Load the configuration and apply global flags.
+pub(crate) fn load_config(global: &GlobalArgs) -> Result<TallyConfig> {
+    let mut cfg = TallyConfig::load(global.config.as_deref())?;
+    if let Some(d) = &global.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+/// Set up logging: human-readable text or one JSON object per line, to stderr.
+pub(crate) fn init_tracing(json: bool, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+/// A multi-threaded tokio runtime.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

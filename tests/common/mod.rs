@@ -1,0 +1,158 @@
+//! Shared helpers for end-to-end tests: start the real `tally` binary on loopback with a
+//! temporary data directory, find its addresses, stop it, and read back its events.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tally_events::log::{Position, SegmentLog};
+use tally_events::{Event, UsageEvent};
+
+/// A running `tally` process.
+pub struct Tally {
+    pub child: Child,
+    pub proxy: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tally {
+    /// `tally up --dev` on ephemeral loopback ports with a fresh data directory.
+    pub fn up_dev(extra: &[&str]) -> Tally {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut t = Self::start(&data_dir, extra);
+        t._tmp = Some(tmp);
+        t
+    }
+
+    /// `tally up --dev` on an existing data directory.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Tally {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.args([
+            "up",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--simulator-listen",
+            "127.0.0.1:0",
+            "--drain-seconds",
+            "5",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("TALLY_LOG", "warn")
+        .env_remove("TALLY_CONFIG")
+        .current_dir(data_dir.parent().unwrap_or(Path::new("/")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn tally");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let proxy = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("tally did not print its listening address in time");
+            if let Some(addr) = line.strip_prefix("tally proxy listening on ") {
+                break addr.trim().to_owned();
+            }
+        };
+        Tally {
+            child,
+            proxy,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            lines: rx,
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(mut self) -> PathBuf {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "tally exited with {status}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dir = self.data_dir.clone();
+        if let Some(tmp) = self._tmp.take() {
+            // Keep the directory alive for the caller by leaking the guard into a path.
+            let kept = tmp.keep();
+            let _ = kept;
+        }
+        dir
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every event in a data directory's log.
+pub fn read_events(data_dir: &Path) -> Vec<Event> {
+    let dir = data_dir.join("log");
+    let mut pos = Position::START;
+    let mut out = Vec::new();
+    loop {
+        let records = SegmentLog::read_dir(&dir, pos, 10_000).expect("read log");
+        if records.is_empty() {
+            break;
+        }
+        for r in records {
+            out.push(tally_events::decode(&r.payload).expect("decode event"));
+            pos = r.next;
+        }
+    }
+    out
+}
+
+/// The usage events, by request id.
+pub fn usage_by_request(events: &[Event]) -> std::collections::HashMap<String, UsageEvent> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Usage(u) => Some((u.header.request_id.clone(), u.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Python interpreter with the official SDKs (set up by scripts/setup-test-deps.sh).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TALLY_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = PathBuf::from(home).join(".cache/tally/venv/bin/python");
+    assert!(
+        p.exists(),
+        "Python SDK clients missing: run `bash scripts/setup-test-deps.sh` (scripts/test.sh does)"
+    );
+    p
+}
