@@ -33,8 +33,8 @@ struct GlobalArgs {
     #[arg(long, global = true, env = "TALLY_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Log filter, e.g. `info` or `tally_enforcer=debug` (RUST_LOG syntax).
-    #[arg(long, global = true, env = "TALLY_LOG", default_value = "info")]
-    log: String,
+    #[arg(long, global = true, env = "TALLY_LOG_FILTER", default_value = "info")]
+    log_filter: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cmd::init_tracing(cli.global.log_format == LogFormat::Json, &cli.global.log);
+    cmd::init_tracing(cli.global.log_format == LogFormat::Json, &cli.global.log_filter);
     let result = match cli.command {
         Command::Up(args) => cmd::up::run(&cli.global, args, true),
         Command::Enforcer(args) => cmd::up::run(&cli.global, args, false),

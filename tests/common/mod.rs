@@ -46,7 +46,7 @@ impl Tally {
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        .env("TALLY_LOG", "warn")
+        .env("TALLY_LOG_FILTER", "warn")
         .env_remove("TALLY_CONFIG")
         .current_dir(data_dir.parent().unwrap_or(Path::new("/")))
         .stdout(Stdio::piped())
