@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::generate::{self, Finish, Output, OutputSpec};
 use crate::models;
 use crate::prompt::{self, InputUsage, Pieces};
-use crate::server::{Ctx, RecordUsage};
+use crate::server::{Ctx, RecordUsage, tri};
 use crate::sse::{Framing, Step};
 use crate::tokens::encoding_for_model;
 
@@ -93,8 +93,12 @@ fn usage(input: &InputUsage, output_tokens: u64) -> Value {
 }
 
 /// Validates the fields every Messages request needs; returns the model.
-fn validate<'a>(ctx: &mut Ctx, req: &'a Value, need_max_tokens: bool) -> Result<&'a str, Response> {
-    let bad = |ctx: &mut Ctx, msg: &str| ctx.take_error(StatusCode::BAD_REQUEST, msg);
+fn validate<'a>(
+    ctx: &mut Ctx,
+    req: &'a Value,
+    need_max_tokens: bool,
+) -> Result<&'a str, Box<Response>> {
+    let bad = |ctx: &mut Ctx, msg: &str| Box::new(ctx.take_error(StatusCode::BAD_REQUEST, msg));
     let Some(model) = req.get("model").and_then(Value::as_str) else {
         return Err(bad(ctx, "model: Field required"));
     };
@@ -123,21 +127,10 @@ fn thinking_max(req: &Value) -> u64 {
 
 /// `POST /v1/messages`.
 pub(crate) async fn messages(mut ctx: Ctx, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let model = match validate(&mut ctx, &req, true) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let served = match ctx.model(model) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let req = tri!(ctx.parse(body));
+    let model = tri!(validate(&mut ctx, &req, true));
+    let served = tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let enc = encoding_for_model(model);
     let input = prompt::anthropic_input(enc, &ctx.shared.cache, &served, &pieces(&req));
     let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
@@ -277,20 +270,10 @@ fn stream_steps(
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": n}`, the full prompt count
 /// (no caching). Free, so the served record carries 0 tokens.
 pub(crate) async fn count_tokens(mut ctx: Ctx, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let model = match validate(&mut ctx, &req, false) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.model(model) {
-        return r;
-    }
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let req = tri!(ctx.parse(body));
+    let model = tri!(validate(&mut ctx, &req, false));
+    tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let n = prompt::plain_input(encoding_for_model(model), &pieces(&req));
     ctx.json(&json!({"input_tokens": n})).await
 }

@@ -45,6 +45,7 @@ pub(crate) fn fingerprint(key: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -69,7 +69,7 @@ impl PromptCache {
         for (i, id) in ids.iter().enumerate() {
             h = fnv1a(h, &id.to_le_bytes());
             let n = i as u64 + 1;
-            if n >= MIN_CACHEABLE && (n - MIN_CACHEABLE) % OPENAI_INCREMENT == 0 {
+            if n >= MIN_CACHEABLE && (n - MIN_CACHEABLE).is_multiple_of(OPENAI_INCREMENT) {
                 checkpoints.push((n, h));
             }
         }
@@ -102,6 +102,7 @@ impl PromptCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -27,7 +27,7 @@ pub(crate) fn error_body(
                 ),
                 404 => ("invalid_request_error", Some("model_not_found")),
                 429 => ("requests", Some("rate_limit_exceeded")),
-                400..=499 => ("invalid_request_error", None),
+                c if c < 500 => ("invalid_request_error", None),
                 _ => ("server_error", None),
             };
             json!({"error": {"message": message, "type": kind, "param": null, "code": err_code}})
@@ -43,7 +43,7 @@ pub(crate) fn error_body(
                 429 => "rate_limit_error",
                 504 => "timeout_error",
                 529 => "overloaded_error",
-                400..=499 => "invalid_request_error",
+                c if c < 500 => "invalid_request_error",
                 _ => "api_error",
             };
             json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})

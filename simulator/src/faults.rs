@@ -103,7 +103,11 @@ impl Faults {
                 Provider::Anthropic => 529,
                 Provider::Openai | Provider::Gemini => 503,
             };
-            let code = if rng.next_u64() % 2 == 0 { 500 } else { alt };
+            let code = if rng.next_u64().is_multiple_of(2) {
+                500
+            } else {
+                alt
+            };
             return StatusCode::from_u16(code).ok();
         }
         None
@@ -111,6 +115,7 @@ impl Faults {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use http::HeaderValue;

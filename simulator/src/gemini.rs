@@ -18,7 +18,7 @@ use crate::auth::query_param;
 use crate::generate::{self, FNV_OFFSET, Finish, OutputSpec, fnv1a};
 use crate::models;
 use crate::prompt::{self, Pieces};
-use crate::server::{Ctx, RecordUsage};
+use crate::server::{Ctx, RecordUsage, tri};
 use crate::sse::{Framing, Step};
 use crate::tokens::encoding_for_model;
 
@@ -103,23 +103,15 @@ impl Usage {
 
 /// `:generateContent` (`stream == false`) and `:streamGenerateContent`.
 pub(crate) async fn generate(mut ctx: Ctx, model: &str, body: &[u8], stream: bool) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let req = tri!(ctx.parse(body));
     if !req.get("contents").is_some_and(Value::is_array) {
         return ctx.error(
             StatusCode::BAD_REQUEST,
             "* GenerateContentRequest.contents: contents is not specified",
         );
     }
-    let served = match ctx.model(model) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let served = tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let enc = encoding_for_model(model);
     let cached = cached_content_tokens(&req);
     let prompt_tokens = prompt::plain_input(enc, &pieces(&req)) + cached;
@@ -201,16 +193,9 @@ pub(crate) async fn generate(mut ctx: Ctx, model: &str, body: &[u8], stream: boo
 
 /// `:countTokens`: `{"totalTokens": n}`. Free, so the served record carries 0 tokens.
 pub(crate) async fn count_tokens(mut ctx: Ctx, model: &str, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.model(model) {
-        return r;
-    }
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let req = tri!(ctx.parse(body));
+    tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     // countTokens takes `contents` or a whole `generateContentRequest`.
     let inner = req.get("generateContentRequest").unwrap_or(&req);
     let n = prompt::plain_input(encoding_for_model(model), &pieces(inner));

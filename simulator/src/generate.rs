@@ -257,6 +257,7 @@ pub(crate) fn plan_output(rng: &mut Rng, spec: OutputSpec) -> Output {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -92,6 +92,7 @@ pub(crate) fn gemini_thinking_optional(model: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::generate::{self, Finish, Output, OutputSpec, Rng};
 use crate::models;
 use crate::prompt::{self, InputUsage, Pieces};
-use crate::server::{Ctx, RecordUsage, unix_secs};
+use crate::server::{Ctx, RecordUsage, tri, unix_secs};
 use crate::sse::{Framing, Step};
 use crate::tokens::encoding_for_model;
 
@@ -74,12 +74,12 @@ fn record_usage(input: &InputUsage, out: &Output) -> RecordUsage {
 }
 
 /// Required string field or a 400 in OpenAI's words.
-fn required_str<'a>(ctx: &mut Ctx, req: &'a Value, name: &str) -> Result<&'a str, Response> {
+fn required_str<'a>(ctx: &mut Ctx, req: &'a Value, name: &str) -> Result<&'a str, Box<Response>> {
     req.get(name).and_then(Value::as_str).ok_or_else(|| {
-        ctx.take_error(
+        Box::new(ctx.take_error(
             StatusCode::BAD_REQUEST,
             &format!("Missing required parameter: '{name}'."),
-        )
+        ))
     })
 }
 
@@ -110,27 +110,16 @@ pub(crate) fn reasoning_on_last(steps: &mut [Step], out: &Output, had_content: b
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(mut ctx: Ctx, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let model = match required_str(&mut ctx, &req, "model") {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let req = tri!(ctx.parse(body));
+    let model = tri!(required_str(&mut ctx, &req, "model"));
     let Some(messages) = req.get("messages").filter(|m| m.is_array()) else {
         return ctx.error(
             StatusCode::BAD_REQUEST,
             "Missing required parameter: 'messages'.",
         );
     };
-    let served = match ctx.model(model) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let served = tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let enc = encoding_for_model(model);
     let mut pieces = Pieces::default();
     if let Some(tools) = req.get("tools").filter(|t| !t.is_null()) {
@@ -227,21 +216,10 @@ pub(crate) async fn chat(mut ctx: Ctx, body: &[u8]) -> Response {
 
 /// `POST /v1/completions` (legacy text completions; `max_tokens` defaults to 16).
 pub(crate) async fn completions(mut ctx: Ctx, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let model = match required_str(&mut ctx, &req, "model") {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let served = match ctx.model(model) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let req = tri!(ctx.parse(body));
+    let model = tri!(required_str(&mut ctx, &req, "model"));
+    let served = tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let enc = encoding_for_model(model);
     let mut pieces = Pieces::default();
     let prompt = req.get("prompt").unwrap_or(&Value::Null);
@@ -324,21 +302,10 @@ fn token_array_len(v: &Value) -> u64 {
 /// `POST /v1/embeddings`: deterministic unit vectors; `encoding_format: "base64"` (what
 /// the Python SDK asks for by default) returns little-endian f32 bytes in base64.
 pub(crate) async fn embeddings(mut ctx: Ctx, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let model = match required_str(&mut ctx, &req, "model") {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let served = match ctx.model(model) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let req = tri!(ctx.parse(body));
+    let model = tri!(required_str(&mut ctx, &req, "model"));
+    let served = tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let enc = encoding_for_model(model);
     let inputs: Vec<&Value> = match req.get("input") {
         Some(Value::Array(a)) if !a.iter().all(Value::is_u64) => a.iter().collect(),
@@ -440,6 +407,7 @@ pub(crate) async fn models(ctx: Ctx) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -40,11 +40,7 @@ impl<'a> Pieces<'a> {
     /// messages, or an object with text-bearing keys).
     pub(crate) fn collect(&mut self, v: &'a Value) {
         match v {
-            Value::String(s) => {
-                if !s.is_empty() {
-                    self.items.push(Cow::Borrowed(s));
-                }
-            }
+            Value::String(s) if !s.is_empty() => self.items.push(Cow::Borrowed(s)),
             Value::Array(a) => a.iter().for_each(|x| self.collect(x)),
             Value::Object(o) => {
                 for (k, x) in o {
@@ -163,6 +159,7 @@ pub(crate) fn plain_input(enc: Encoding, pieces: &Pieces<'_>) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -74,7 +74,7 @@ pub struct ServedRecord {
     pub request_id: String,
     /// Whether the response was streamed.
     pub streamed: bool,
-    /// HTTP status sent.
+    /// HTTP status sent; `499` when the client went away before the response head.
     pub status: u16,
     /// All prompt tokens (see the type docs).
     pub input_tokens: u64,
@@ -128,6 +128,10 @@ impl Recorder {
     }
 }
 
+/// Status recorded when the client went away before the response head was sent
+/// (nginx's "client closed request").
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
 /// Owns a record while its request is in flight; pushes it to the log on drop.
 #[derive(Debug)]
 pub(crate) struct RecordGuard {
@@ -143,11 +147,16 @@ impl RecordGuard {
 
 impl Drop for RecordGuard {
     fn drop(&mut self) {
+        if self.rec.status == 0 {
+            // Dropped before any response head: the client went away first.
+            self.rec.status = CLIENT_CLOSED;
+        }
         self.recorder.push(std::mem::take(&mut self.rec));
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

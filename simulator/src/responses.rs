@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::generate::{self, Finish, Output, OutputSpec};
 use crate::openai::{content_steps, reasoning_max, reasoning_on_last};
 use crate::prompt::{self, InputUsage, Pieces};
-use crate::server::{Ctx, RecordUsage, unix_secs};
+use crate::server::{Ctx, RecordUsage, tri, unix_secs};
 use crate::sse::{Framing, Step};
 use crate::tokens::encoding_for_model;
 
@@ -77,23 +77,15 @@ impl Shape<'_> {
 
 /// `POST /v1/responses`.
 pub(crate) async fn create(mut ctx: Ctx, body: &[u8]) -> Response {
-    let req = match ctx.parse(body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let req = tri!(ctx.parse(body));
     let Some(model) = req.get("model").and_then(Value::as_str) else {
         return ctx.error(
             StatusCode::BAD_REQUEST,
             "Missing required parameter: 'model'.",
         );
     };
-    let served = match ctx.model(model) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.injected_failure() {
-        return r;
-    }
+    let served = tri!(ctx.model(model));
+    tri!(ctx.injected_failure());
     let enc = encoding_for_model(model);
     let mut pieces = Pieces::default();
     if let Some(tools) = req.get("tools").filter(|t| !t.is_null()) {

@@ -196,8 +196,11 @@ pub(crate) struct Ctx {
     pub(crate) provider: Provider,
     pub(crate) faults: Faults,
     pub(crate) request_id: String,
-    /// Hash of the body, the seed and the SDK retry count: drives all randomness.
+    /// Hash of the seed and the body: drives the generated output.
     pub(crate) hash: u64,
+    /// `hash` plus the SDK retry count (`x-stainless-retry-count`): drives injected
+    /// failures, so an SDK retry of a failed request draws again.
+    fault_hash: u64,
     pub(crate) guard: RecordGuard,
     pub(crate) query: Option<String>,
 }
@@ -218,10 +221,8 @@ impl Ctx {
         let retry = headers
             .get("x-stainless-retry-count")
             .map_or(&b""[..], HeaderValue::as_bytes);
-        let hash = fnv1a(
-            fnv1a(fnv1a(FNV_OFFSET, &shared.config.seed.to_le_bytes()), body),
-            retry,
-        );
+        let hash = fnv1a(fnv1a(FNV_OFFSET, &shared.config.seed.to_le_bytes()), body);
+        let fault_hash = fnv1a(hash, retry);
         let query = uri.query().map(str::to_owned);
         let key_fingerprint = auth::extract_key(&headers, query.as_deref()).map(auth::fingerprint);
         let rec = ServedRecord {
@@ -239,6 +240,7 @@ impl Ctx {
             provider,
             request_id,
             hash,
+            fault_hash,
             query,
         };
         if let Some(ms) = ctx.faults.hang_ms.filter(|ms| *ms > 0) {
@@ -271,43 +273,43 @@ impl Ctx {
     }
 
     /// Parses the body as a JSON object, or answers 400.
-    pub(crate) fn parse(&mut self, body: &[u8]) -> Result<Value, Response> {
+    pub(crate) fn parse(&mut self, body: &[u8]) -> Result<Value, Box<Response>> {
         match serde_json::from_slice::<Value>(body) {
             Ok(v) if v.is_object() => Ok(v),
-            Ok(_) => Err(self.take_error(
+            Ok(_) => Err(Box::new(self.take_error(
                 StatusCode::BAD_REQUEST,
                 "The request body must be a JSON object.",
-            )),
-            Err(e) => Err(self.take_error(
+            ))),
+            Err(e) => Err(Box::new(self.take_error(
                 StatusCode::BAD_REQUEST,
                 &format!("We could not parse the JSON body of your request: {e}"),
-            )),
+            ))),
         }
     }
 
     /// Sets the requested/served model on the record; answers 404 for an unknown model
     /// when `reject_unknown_models` is on.
-    pub(crate) fn model(&mut self, requested: &str) -> Result<String, Response> {
+    pub(crate) fn model(&mut self, requested: &str) -> Result<String, Box<Response>> {
         let served = models::served_model(self.config(), requested);
         self.guard.rec.model_requested = requested.to_owned();
         self.guard.rec.model_served.clone_from(&served);
         if self.config().reject_unknown_models && !models::is_known(self.config(), requested) {
             let msg =
                 format!("The model `{requested}` does not exist or you do not have access to it.");
-            return Err(self.take_error(StatusCode::NOT_FOUND, &msg));
+            return Err(Box::new(self.take_error(StatusCode::NOT_FOUND, &msg)));
         }
         Ok(served)
     }
 
     /// Answers with the injected failure, if this request draws one.
-    pub(crate) fn injected_failure(&mut self) -> Result<(), Response> {
+    pub(crate) fn injected_failure(&mut self) -> Result<(), Box<Response>> {
         match self
             .faults
-            .failure(&self.shared.config, self.provider, self.hash)
+            .failure(&self.shared.config, self.provider, self.fault_hash)
         {
             Some(status) => {
                 let msg = errors::default_message(self.provider, status);
-                Err(self.take_error(status, msg))
+                Err(Box::new(self.take_error(status, msg)))
             }
             None => Ok(()),
         }
@@ -428,6 +430,17 @@ impl Ctx {
 }
 
 type St = State<Arc<Shared>>;
+
+/// Unwraps `Ok`, or returns the boxed error response from the enclosing handler.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return *r,
+        }
+    };
+}
+pub(crate) use tri;
 
 macro_rules! entry {
     ($name:ident, $provider:expr, $route:literal, $handler:path) => {

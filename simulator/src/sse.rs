@@ -190,6 +190,7 @@ pub(crate) fn body(steps: Vec<Step>, spec: StreamSpec, mut guard: RecordGuard) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -79,6 +79,7 @@ pub fn count_tokens(model: &str, text: &str) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -413,6 +413,49 @@ async fn configured_error_and_rate_limit_rates() {
         }
     }
     assert!((8..=32).contains(&failures), "{failures}");
+
+    // An SDK retry (x-stainless-retry-count) draws again, so retries can succeed.
+    let mut recovered = 0;
+    for i in 0..40 {
+        let body =
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("m{i}")}]});
+        let first = openai(&c, &sim, "/v1/chat/completions", &body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let retry = openai(&c, &sim, "/v1/chat/completions", &body)
+            .header("x-stainless-retry-count", "1")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if !first.is_success() && retry.is_success() {
+            recovered += 1;
+        }
+    }
+    assert!(recovered > 0);
+}
+
+#[tokio::test]
+async fn client_gone_during_latency_is_recorded_incomplete() {
+    let sim = start().await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let err = openai(&c, &sim, "/v1/chat/completions", &chat(false))
+        .header("x-sim-latency-ms", "2000")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    let served = served_at_least(&sim, 1).await;
+    assert_eq!(served.len(), 1);
+    assert!(!served[0].completed);
+    assert_eq!(served[0].status, 499);
+    assert_eq!(served[0].output_tokens_sent, 0);
+    assert!(served[0].output_tokens > 0);
 }
 
 #[tokio::test]

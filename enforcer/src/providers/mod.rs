@@ -36,10 +36,13 @@ pub struct Endpoint {
     /// The wire format. `GET /v1/models` is classified as OpenAI; Anthropic serves the same
     /// path, so the proxy may override the provider from the request headers.
     pub provider: Provider,
+    /// The kind of call.
     pub route: Route,
     /// The model named in the path (Gemini `models/{model}:…`, `GET /v1/models/{id}`).
     pub model_in_path: Option<String>,
-    /// The path itself asks for a stream (Gemini `:streamGenerateContent`).
+    /// The path itself asks for a stream (Gemini `:streamGenerateContent`). Its response
+    /// is SSE only with `?alt=sse`; without it Gemini streams one JSON array, which
+    /// [`usage_from_body`] reads once complete (tell them apart by `content-type`).
     pub streaming_by_path: bool,
 }
 
@@ -283,6 +286,7 @@ pub fn prepare_upstream_body(
 /// Usage found in a response, normalized (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageReport {
+    /// Normalized token figures (zeros when nothing was reported).
     pub tokens: TokenCounts,
     /// The model the provider says served the request.
     pub model_served: Option<String>,
@@ -383,7 +387,9 @@ impl StreamState {
 }
 
 /// Reads one response stream: accumulates usage and streamed text, and says which events
-/// to forward. Create one per upstream response.
+/// to forward. Create one per upstream response; feed it every event from
+/// [`SseParser::push`] and, at the end of the stream, those from
+/// [`SseParser::finish_event`] (a final event the upstream did not terminate).
 #[derive(Debug)]
 pub struct StreamTracker {
     endpoint: Endpoint,
