@@ -69,7 +69,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cmd::init_tracing(cli.global.log_format == LogFormat::Json, &cli.global.log_filter);
+    cmd::init_tracing(
+        cli.global.log_format == LogFormat::Json,
+        &cli.global.log_filter,
+    );
     let result = match cli.command {
         Command::Up(args) => cmd::up::run(&cli.global, args, true),
         Command::Enforcer(args) => cmd::up::run(&cli.global, args, false),

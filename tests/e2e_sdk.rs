@@ -84,7 +84,10 @@ fn recorded_tokens_equal_what_the_sdks_report() {
             field("reasoning_tokens"),
             "reasoning: {line}"
         );
-        assert!(u.price_version.is_some(), "every simulated model is in the price table: {u:?}");
+        assert!(
+            u.price_version.is_some(),
+            "every simulated model is in the price table: {u:?}"
+        );
         assert!(u.cost_micros > 0 || u.tokens.total() < 100, "priced: {u:?}");
     }
 }

@@ -66,7 +66,7 @@ struct RawPrice {
 }
 
 fn micros(dollars: f64, model: &str, field: &str) -> Result<u64, PriceError> {
-    if !dollars.is_finite() || dollars < 0.0 || dollars > 1e6 {
+    if !dollars.is_finite() || !(0.0..=1e6).contains(&dollars) {
         return Err(PriceError::Parse(format!(
             "{model}.{field}: {dollars} is not a price"
         )));

@@ -50,7 +50,13 @@ async fn harness(tweak: impl FnOnce(&mut ProxyConfig)) -> Harness {
         },
         Duration::from_secs(1),
     ));
-    Harness { proxy, sim, log, _dir: dir, _stop: stop }
+    Harness {
+        proxy,
+        sim,
+        log,
+        _dir: dir,
+        _stop: stop,
+    }
 }
 
 impl Harness {
@@ -112,7 +118,10 @@ impl Harness {
 }
 
 fn request_id(resp: &reqwest::Response) -> String {
-    resp.headers()["x-tally-request-id"].to_str().unwrap().to_owned()
+    resp.headers()["x-tally-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn stream_body(tokens: u32) -> serde_json::Value {
@@ -143,7 +152,11 @@ async fn client_disconnect_with_drain_records_the_providers_final_usage() {
     assert_eq!(usage.len(), 1, "{usage:?}");
     let u = &usage[0];
     assert_eq!(u.finish_state, FinishState::ClientAborted);
-    assert_eq!(u.usage_source, UsageSource::ProviderReported, "drain reads to the final usage");
+    assert_eq!(
+        u.usage_source,
+        UsageSource::ProviderReported,
+        "drain reads to the final usage"
+    );
     assert_eq!(u.tokens.output_tokens, 200);
     assert!(u.tokens.input_tokens > 0);
 }
@@ -170,12 +183,18 @@ async fn client_disconnect_with_cancel_stops_the_upstream_and_estimates() {
     let u = &usage[0];
     assert_eq!(u.finish_state, FinishState::ClientAborted);
     assert_ne!(u.usage_source, UsageSource::ProviderReported);
-    assert!(u.tokens.output_tokens > 0 && u.tokens.output_tokens < 400, "{u:?}");
+    assert!(
+        u.tokens.output_tokens > 0 && u.tokens.output_tokens < 400,
+        "{u:?}"
+    );
     // The simulator saw the stream closed early.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let served = h.sim.served();
     let last = served.last().unwrap();
-    assert!(!last.completed, "upstream generation should have been cancelled: {last:?}");
+    assert!(
+        !last.completed,
+        "upstream generation should have been cancelled: {last:?}"
+    );
 }
 
 #[tokio::test]
@@ -219,14 +238,25 @@ async fn every_retry_attempt_is_its_own_usage_event() {
     assert_eq!(resp.status(), 503);
     let last_id = request_id(&resp);
     let base = last_id.trim_end_matches("-r2").to_owned();
-    assert_eq!(last_id, format!("{base}-r2"), "the client sees the answering attempt's id");
+    assert_eq!(
+        last_id,
+        format!("{base}-r2"),
+        "the client sees the answering attempt's id"
+    );
     let mut usage = h.wait_usage(&base, 3).await;
     usage.sort_by_key(|u| u.retry_attempt);
     assert_eq!(usage.len(), 3, "{usage:?}");
     assert_eq!(usage[0].header.request_id, base);
     assert_eq!(usage[1].retry_of.as_deref(), Some(base.as_str()));
-    assert_eq!(usage[2].retry_of.as_deref(), Some(format!("{base}-r1").as_str()));
-    assert!(usage.iter().all(|u| u.finish_state == FinishState::UpstreamError && u.status_code == Some(503)));
+    assert_eq!(
+        usage[2].retry_of.as_deref(),
+        Some(format!("{base}-r1").as_str())
+    );
+    assert!(
+        usage
+            .iter()
+            .all(|u| u.finish_state == FinishState::UpstreamError && u.status_code == Some(503))
+    );
 }
 
 #[tokio::test]
@@ -248,13 +278,19 @@ async fn upstream_reset_mid_stream_is_an_upstream_error_with_estimated_output() 
             break;
         }
     }
-    assert!(saw_error, "the client must see the stream fail, not end cleanly");
+    assert!(
+        saw_error,
+        "the client must see the stream fail, not end cleanly"
+    );
     let usage = h.wait_usage(&id, 1).await;
     assert_eq!(usage.len(), 1);
     let u = &usage[0];
     assert_eq!(u.finish_state, FinishState::UpstreamError);
     assert_eq!(u.usage_source, UsageSource::Estimated);
-    assert!(u.tokens.output_tokens > 0 && u.tokens.output_tokens < 300, "{u:?}");
+    assert!(
+        u.tokens.output_tokens > 0 && u.tokens.output_tokens < 300,
+        "{u:?}"
+    );
     assert!(u.tokens.input_tokens > 0);
 }
 
@@ -300,7 +336,13 @@ async fn unknown_keys_get_401_in_the_providers_format_and_a_decision() {
     assert_eq!(d[0].rule, "gateway-key");
     assert!(d[0].reason.contains("not known"), "{}", d[0].reason);
     // The secret never reaches the log.
-    let raw: Vec<u8> = h.log.read(Position::START, 100).unwrap().into_iter().flat_map(|r| r.payload).collect();
+    let raw: Vec<u8> = h
+        .log
+        .read(Position::START, 100)
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.payload)
+        .collect();
     assert!(!String::from_utf8_lossy(&raw).contains("not-a-key"));
 }
 
@@ -315,8 +357,17 @@ async fn oversized_bodies_get_413() {
         .unwrap();
     assert_eq!(resp.status(), 413);
     let id = request_id(&resp);
-    assert_eq!(h.wait_usage(&id, 1).await[0].finish_state, FinishState::Denied);
-    assert_eq!(h.decisions_for(&id).first().map(|d| d.rule.clone()).as_deref(), Some("request-size"));
+    assert_eq!(
+        h.wait_usage(&id, 1).await[0].finish_state,
+        FinishState::Denied
+    );
+    assert_eq!(
+        h.decisions_for(&id)
+            .first()
+            .map(|d| d.rule.clone())
+            .as_deref(),
+        Some("request-size")
+    );
 }
 
 #[tokio::test]
@@ -339,9 +390,19 @@ async fn sse_events_reach_the_client_as_soon_as_the_upstream_sends_them() {
             arrivals.push(Instant::now());
         }
     }
-    assert!(arrivals.len() >= 4, "expected several events, got {}", arrivals.len());
+    assert!(
+        arrivals.len() >= 4,
+        "expected several events, got {}",
+        arrivals.len()
+    );
     let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
-    let spaced = gaps.iter().filter(|g| **g >= Duration::from_millis(delay / 2)).count();
+    let spaced = gaps
+        .iter()
+        .filter(|g| **g >= Duration::from_millis(delay / 2))
+        .count();
     // Content chunks are `delay` apart upstream; buffering would bunch them together.
-    assert!(spaced >= 3, "events arrived bunched together (buffered): gaps {gaps:?}");
+    assert!(
+        spaced >= 3,
+        "events arrived bunched together (buffered): gaps {gaps:?}"
+    );
 }

@@ -542,3 +542,86 @@ pub fn corrections_to_batch(events: &[CorrectionEvent]) -> Result<RecordBatch, A
     ]);
     RecordBatch::try_new(correction_schema(), cols)
 }
+
+/// Name of the partition column every table carries: the UTC day of `occurred_at`.
+pub const PARTITION_COLUMN: &str = "day";
+
+/// The event tables, as the ledger writes them and queries read them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Table {
+    Usage,
+    Decisions,
+    Corrections,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 3] = [Table::Usage, Table::Decisions, Table::Corrections];
+
+    /// Table name (also its directory under the tables root).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Usage => "usage",
+            Table::Decisions => "decisions",
+            Table::Corrections => "corrections",
+        }
+    }
+
+    /// The event type stored in this table.
+    pub const fn event_type(self) -> crate::model::EventType {
+        match self {
+            Table::Usage => crate::model::EventType::Usage,
+            Table::Decisions => crate::model::EventType::Decision,
+            Table::Corrections => crate::model::EventType::Correction,
+        }
+    }
+
+    /// Schema of the events (without the partition column).
+    pub fn event_schema(self) -> SchemaRef {
+        match self {
+            Table::Usage => usage_schema(),
+            Table::Decisions => decision_schema(),
+            Table::Corrections => correction_schema(),
+        }
+    }
+
+    /// Schema of the stored table: the event schema plus the `day` partition column.
+    pub fn table_schema(self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .event_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(col(
+            PARTITION_COLUMN,
+            DataType::Date32,
+            false,
+            "UTC day of occurred_at (partition column).",
+        ));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Append the `day` partition column (UTC day of `occurred_at`) to an event batch.
+pub fn with_day_column(table: Table, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow_array::Date32Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    let at = batch
+        .column_by_name("occurred_at")
+        .ok_or_else(|| ArrowError::SchemaError("occurred_at missing".into()))?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| {
+            ArrowError::SchemaError("occurred_at is not a microsecond timestamp".into())
+        })?;
+    let days = Date32Array::from_iter_values(
+        at.values()
+            .iter()
+            .map(|m| i32::try_from(m.div_euclid(MICROS_PER_DAY)).unwrap_or(i32::MAX)),
+    );
+    let mut cols = batch.columns().to_vec();
+    cols.push(Arc::new(days));
+    RecordBatch::try_new(table.table_schema(), cols)
+}

@@ -258,3 +258,24 @@ proptest! {
         prop_assert!(batch.is_ok());
     }
 }
+
+#[test]
+fn the_day_partition_column_is_the_utc_day() {
+    use tally_events::arrow::{Table, with_day_column};
+    let mut late = usage();
+    late.header.occurred_at = Timestamp::parse("2026-11-20T23:59:59.999999Z").unwrap_or_default();
+    let mut early = usage();
+    early.header.occurred_at = Timestamp::parse("2026-11-21T00:00:00+00:00").unwrap_or_default();
+    let batch = usage_to_batch(&[late, early]).map_err(|e| e.to_string());
+    let Ok(batch) = batch else {
+        panic!("{batch:?}")
+    };
+    let with_day = with_day_column(Table::Usage, &batch).map_err(|e| e.to_string());
+    let Ok(with_day) = with_day else {
+        panic!("{with_day:?}")
+    };
+    assert_eq!(with_day.schema(), Table::Usage.table_schema());
+    let days = col(&with_day, "day").as_primitive::<arrow_array::types::Date32Type>();
+    // 2026-11-20 is day 20777 since 1970-01-01.
+    assert_eq!(days.values().to_vec(), vec![20777, 20778]);
+}

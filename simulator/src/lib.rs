@@ -16,7 +16,7 @@
 //! output text is generated from a seed derived from the request body, and the reported
 //! output tokens are exactly the token count of the text sent. Faults (errors, rate
 //! limits, latency, aborted streams, malformed payloads) come from [`SimConfig`] or from
-//! per-request `x-sim-*` headers (see [`faults`](crate#fault-headers)).
+//! per-request `x-sim-*` headers (see [Fault headers](#fault-headers)).
 //!
 //! # Fault headers
 //!
