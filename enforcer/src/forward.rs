@@ -495,7 +495,19 @@ async fn relay_stream(
                 break FinishState::Timeout;
             }
             Ok(None) => {
-                let rest = parser.finish();
+                // An unterminated last event still counts for usage and is relayed as is.
+                let rest = match &mut tracker {
+                    Some(t) => {
+                        let mut out = BytesMut::new();
+                        for ev in parser.finish_event() {
+                            if t.on_event(&ev) == EventAction::Forward {
+                                out.extend_from_slice(ev.raw());
+                            }
+                        }
+                        out.freeze()
+                    }
+                    None => parser.finish(),
+                };
                 if !rest.is_empty() && !client_gone {
                     let _ = tx.send(Ok(Frame::data(rest))).await;
                 }

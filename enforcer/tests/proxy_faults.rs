@@ -3,6 +3,8 @@
 //! mid-stream, upstream timeout, auth and size denials, and unbuffered streaming. Each
 //! case must produce exactly one usage event per attempt with the right finish state.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

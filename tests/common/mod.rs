@@ -1,6 +1,6 @@
 //! Shared helpers for end-to-end tests: start the real `tally` binary on loopback with a
 //! temporary data directory, find its addresses, stop it, and read back its events.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
