@@ -64,9 +64,27 @@ pub(crate) fn run(global: &GlobalArgs, cmd: LogCommand) -> Result<()> {
             Ok(())
         }
         LogCommand::Stats => {
-            let log = SegmentLog::open(&dir, &cfg.log)?;
-            let s = log.stats();
-            println!("{s:#?}");
+            // Read-only: works while `tally up` holds the log open.
+            let mut segments = 0u64;
+            let mut bytes = 0u64;
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".seg") {
+                    segments += 1;
+                    bytes += entry.metadata()?.len();
+                    names.push(name);
+                }
+            }
+            names.sort();
+            println!("log directory: {}", dir.display());
+            println!("segments:      {segments}");
+            println!("bytes:         {bytes}");
+            if let (Some(first), Some(last)) = (names.first(), names.last()) {
+                println!("oldest:        {first}");
+                println!("newest:        {last}");
+            }
             Ok(())
         }
     }
