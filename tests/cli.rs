@@ -15,12 +15,21 @@ fn tally() -> Command {
 
 #[test]
 fn keys_hash_prints_the_config_form() {
-    let out = tally().args(["keys", "hash", "sk-tally-demo"]).output().unwrap();
+    let out = tally()
+        .args(["keys", "hash", "sk-tally-demo"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     // sha256("sk-tally-demo")
-    assert!(text.starts_with("sha256:") && text.trim().len() == 71, "{text}");
-    let again = tally().args(["keys", "hash", "sk-tally-demo"]).output().unwrap();
+    assert!(
+        text.starts_with("sha256:") && text.trim().len() == 71,
+        "{text}"
+    );
+    let again = tally()
+        .args(["keys", "hash", "sk-tally-demo"])
+        .output()
+        .unwrap();
     assert_eq!(out.stdout, again.stdout, "hashing is deterministic");
 }
 
@@ -35,23 +44,45 @@ fn quick_start_request_becomes_an_event_readable_with_log_inspect() {
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let id = resp.headers()["x-tally-request-id"].to_str().unwrap().to_owned();
+    let id = resp.headers()["x-tally-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(resp.headers().contains_key("x-tally-overhead-ms"));
     let data_dir = t.data_dir.clone();
 
     // Readable while tally runs (the log is locked for writing, not for reading).
-    let stats = tally().args(["log", "stats", "--data-dir"]).arg(&data_dir).output().unwrap();
-    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats = tally()
+        .args(["log", "stats", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
     assert!(String::from_utf8_lossy(&stats.stdout).contains("segments:      1"));
 
     let data_dir = t.stop();
-    let out = tally().args(["log", "inspect", "--data-dir"]).arg(&data_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tally()
+        .args(["log", "inspect", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let usage: Vec<_> = lines.iter().filter(|l| l["request_id"] == id.as_str()).collect();
+    let usage: Vec<_> = lines
+        .iter()
+        .filter(|l| l["request_id"] == id.as_str())
+        .collect();
     assert_eq!(usage.len(), 1, "{lines:?}");
     assert_eq!(usage[0]["event_type"], "usage");
     assert_eq!(usage[0]["tenant"], "acme");
@@ -64,12 +95,23 @@ fn config_typos_and_missing_logs_fail_with_codes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tally.yaml");
     std::fs::write(&cfg, "proxy:\n  listne: 127.0.0.1:1\n").unwrap();
-    let out = tally().args(["log", "stats", "--config"]).arg(&cfg).output().unwrap();
+    let out = tally()
+        .args(["log", "stats", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("config.invalid") && err.contains("listne"), "{err}");
+    assert!(
+        err.contains("config.invalid") && err.contains("listne"),
+        "{err}"
+    );
 
-    let out = tally().args(["log", "inspect", "--data-dir"]).arg(dir.path().join("nope")).output().unwrap();
+    let out = tally()
+        .args(["log", "inspect", "--data-dir"])
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("log.missing"));
 }

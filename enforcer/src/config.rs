@@ -34,6 +34,8 @@ pub struct ProxyConfig {
     pub on_client_abort: OnClientAbort,
     /// Longest time `drain` keeps reading after the client left, ms.
     pub drain_timeout_ms: u64,
+    /// Longest time to receive a client's request body, ms.
+    pub request_body_timeout_ms: u64,
     /// Connecting to an upstream, ms.
     pub connect_timeout_ms: u64,
     /// Waiting for the upstream's response head, ms.
@@ -84,6 +86,7 @@ impl Default for ProxyConfig {
             max_response_bytes: 64 * 1024 * 1024,
             on_client_abort: OnClientAbort::Drain,
             drain_timeout_ms: 30_000,
+            request_body_timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
             response_timeout_ms: 300_000,
             idle_timeout_ms: 120_000,

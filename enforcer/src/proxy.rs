@@ -273,10 +273,15 @@ async fn handle_inner(
 }
 
 async fn read_body(state: &ProxyState, body: Incoming) -> Result<Bytes, ErrorKind> {
-    match Limited::new(body, state.config.max_body_bytes)
-        .collect()
-        .await
-    {
+    let limit = std::time::Duration::from_millis(state.config.request_body_timeout_ms);
+    let read = tokio::time::timeout(
+        limit,
+        Limited::new(body, state.config.max_body_bytes).collect(),
+    );
+    let Ok(read) = read.await else {
+        return Err(ErrorKind::ClientGone);
+    };
+    match read {
         Ok(b) => Ok(b.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
