@@ -24,6 +24,49 @@ pub(crate) struct TallyConfig {
     pub(crate) proxy: tally_enforcer::ProxyConfig,
     /// The provider simulator (`tally simulate`, `tally up --dev`).
     pub(crate) simulator: tally_simulator::SimConfig,
+    /// The ledger: event log → Delta tables.
+    pub(crate) ledger: tally_ledger::LedgerConfig,
+    /// SQL and reports: limits and access tokens.
+    pub(crate) queries: tally_queries::QueryConfig,
+    /// The admin listener: SQL/report HTTP API, health.
+    pub(crate) admin: AdminConfig,
+    /// The Postgres wire protocol listener.
+    pub(crate) postgres: PostgresConfig,
+}
+
+/// The admin/SQL HTTP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AdminConfig {
+    /// Address of the admin listener (`/v1/sql`, `/v1/why`, `/v1/usage`, `/healthz`).
+    pub(crate) listen: std::net::SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+/// The Postgres wire protocol listener (psql, Grafana, Metabase).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PostgresConfig {
+    /// Serve the Postgres wire protocol.
+    pub(crate) enabled: bool,
+    /// Its address.
+    pub(crate) listen: std::net::SocketAddr,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5433)),
+        }
+    }
 }
 
 impl Default for TallyConfig {
@@ -34,6 +77,10 @@ impl Default for TallyConfig {
             log: LogConfig::default(),
             proxy: tally_enforcer::ProxyConfig::default(),
             simulator: tally_simulator::SimConfig::default(),
+            ledger: tally_ledger::LedgerConfig::default(),
+            queries: tally_queries::QueryConfig::default(),
+            admin: AdminConfig::default(),
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -91,6 +138,11 @@ impl TallyConfig {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("log"))
+    }
+
+    /// The tables root (path or URI) of the ledger.
+    pub(crate) fn tables_root(&self) -> String {
+        self.ledger.tables_root(&self.data_dir)
     }
 
     /// The instance name written into events.

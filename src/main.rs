@@ -62,6 +62,62 @@ enum Command {
     /// Inspect the local event log.
     #[command(subcommand)]
     Log(cmd::log::LogCommand),
+    /// Run SQL over the usage history (tables plus events not yet committed).
+    ///
+    /// Tables: usage, decisions, corrections; views: requests, usage_hourly, spend_daily,
+    /// denials, usage_corrected (see docs/schema.md). Read-only.
+    Sql {
+        /// The query, e.g. "SELECT tenant, sum(cost_micros) FROM usage GROUP BY tenant".
+        query: String,
+        /// Output format: table, csv, json (lines), json-array, parquet, arrow.
+        #[arg(long, default_value = "table")]
+        format: tally_queries::Format,
+        #[command(flatten)]
+        access: cmd::query::Access,
+    },
+    /// Why was this request blocked (or not)? Its decision trace and usage.
+    Why {
+        /// The `x-tally-request-id` of the request.
+        request_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        access: cmd::query::Access,
+    },
+    /// Where did my tokens go? Tokens and cost by dimension, and what was lost to
+    /// denials, failures, aborts and retries.
+    Usage {
+        /// Dimensions: tenant, key, model, route, status, provider, day (comma-separated).
+        #[arg(long, default_value = "tenant,model")]
+        by: String,
+        /// Period: 30m, 24h, 7d, 2w, an RFC 3339 time or a YYYY-MM-DD day.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        access: cmd::query::Access,
+    },
+    /// The biggest spenders or token users.
+    Top {
+        /// `spend` or `tokens`.
+        #[arg(long, default_value = "spend")]
+        by: String,
+        /// tenant, key, model, route, status, provider or day.
+        #[arg(long, default_value = "tenant")]
+        dimension: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[command(flatten)]
+        access: cmd::query::Access,
+    },
+    /// The ledger (event log → Delta tables).
+    #[command(subcommand)]
+    Ledger(cmd::ledger::LedgerCommand),
     /// Manage gateway API keys.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
@@ -69,6 +125,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Several crates enable different rustls backends; pick one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     cmd::init_tracing(
         cli.global.log_format == LogFormat::Json,
         &cli.global.log_filter,
@@ -79,6 +137,30 @@ fn main() -> ExitCode {
         Command::Simulate { listen } => cmd::simulate::run(&cli.global, listen),
         Command::Log(c) => cmd::log::run(&cli.global, c),
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Sql {
+            query,
+            format,
+            access,
+        } => cmd::query::sql(&cli.global, query, format, access),
+        Command::Why {
+            request_id,
+            json,
+            access,
+        } => cmd::query::why(&cli.global, request_id, json, access),
+        Command::Usage {
+            by,
+            since,
+            json,
+            access,
+        } => cmd::query::usage(&cli.global, by, since, json, access),
+        Command::Top {
+            by,
+            dimension,
+            limit,
+            since,
+            access,
+        } => cmd::query::top(&cli.global, by, dimension, limit, since, access),
+        Command::Ledger(c) => cmd::ledger::run(&cli.global, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

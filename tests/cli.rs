@@ -1,6 +1,8 @@
 //! The README's commands, run as a user would: `tally keys hash`, `tally up --dev` with
 //! the quick-start request, `tally log inspect` and `tally log stats`, and config errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! plain HTTP for Gemini, through `tally up --dev` to the simulator. The tokens recorded
 //! in the usage events must equal the usage the SDK reported to the caller.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 mod forward;
 pub mod keys;
+pub mod policy;
 pub mod pricing;
 pub mod providers;
 pub mod proxy;

@@ -2,7 +2,9 @@
 //! business logic lives here.
 
 pub(crate) mod keys;
+pub(crate) mod ledger;
 pub(crate) mod log;
+pub(crate) mod query;
 pub(crate) mod simulate;
 pub(crate) mod up;
 

@@ -11,9 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use tally_enforcer::{EventSink, ProxyState};
-use tally_events::log::{EventLog, SegmentLog};
+use tally_events::arrow::Table;
+use tally_events::log::{EventLog, Position, SegmentLog};
 
 use crate::GlobalArgs;
+
+/// The admin token accepted in `--dev` mode.
+const DEV_ADMIN_TOKEN: &str = "dev-admin";
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct UpArgs {
@@ -27,6 +31,12 @@ pub(crate) struct UpArgs {
     /// Simulator listen address in --dev mode.
     #[arg(long, env = "TALLY_SIMULATOR_LISTEN", default_value = "127.0.0.1:9090")]
     simulator_listen: SocketAddr,
+    /// Admin/SQL HTTP listen address (overrides admin.listen).
+    #[arg(long, env = "TALLY_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Postgres wire protocol listen address (overrides postgres.listen).
+    #[arg(long, env = "TALLY_POSTGRES_LISTEN")]
+    postgres_listen: Option<SocketAddr>,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 30)]
     drain_seconds: u64,
@@ -36,6 +46,17 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
     let mut cfg = super::load_config(global)?;
     if let Some(l) = args.listen {
         cfg.proxy.listen = l;
+    }
+    if let Some(l) = args.admin_listen {
+        cfg.admin.listen = l;
+    }
+    if let Some(l) = args.postgres_listen {
+        cfg.postgres.listen = l;
+    }
+    if args.dev {
+        cfg.queries
+            .admin_tokens
+            .push(tally_queries::hash_token(DEV_ADMIN_TOKEN));
     }
     let rt = super::runtime()?;
     rt.block_on(async move {
@@ -56,6 +77,57 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
             .with_context(|| format!("log.io: cannot create {}", log_dir.display()))?;
         let log = Arc::new(SegmentLog::open(&log_dir, &cfg.log)?);
         let (sink, sink_task) = EventSink::start(log.clone() as Arc<dyn EventLog>, &cfg.proxy.event_queue);
+        // Ledger: tails the log into the Delta tables; queries see tables + uncommitted tail.
+        let tables_root = cfg.tables_root();
+        let ledger = tally_ledger::Ledger::open(cfg.ledger.clone(), &tables_root, log.clone() as Arc<dyn EventLog>)
+            .await
+            .context("opening the ledger")?;
+        let handle = ledger.handle();
+        let (ledger_stop, ledger_stopped) = tokio::sync::oneshot::channel::<()>();
+        let ledger_task = tokio::spawn(ledger.run(async move {
+            let _ = ledger_stopped.await;
+        }));
+        let positions = {
+            let h = handle.clone();
+            move |t: Table| h.committed_positions().get(&t).copied().unwrap_or(Position::START)
+        };
+        let tail = tally_queries::LogTail::new(log.clone() as Arc<dyn EventLog>, Arc::new(positions));
+        let engine = Arc::new(
+            tally_queries::QueryEngine::new(cfg.queries.clone(), &tables_root, Some(Arc::new(tail)))
+                .await
+                .context("starting the query engine")?,
+        );
+        let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .with_context(|| format!("admin.bind: cannot listen on {}", cfg.admin.listen))?;
+        let admin_addr = admin.local_addr()?;
+        let ready = handle.clone();
+        let router = tally_queries::router(engine.clone())
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let ready = ready.clone();
+                    async move {
+                        match ready.status().await {
+                            Ok(s) if s.last_error.is_none() => (axum::http::StatusCode::OK, "ready".to_owned()),
+                            Ok(s) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, s.last_error.unwrap_or_default()),
+                            Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                        }
+                    }
+                }),
+            );
+        let admin_task = tokio::spawn(async move { axum::serve(admin, router).await });
+        let mut pg_task = None;
+        let mut pg_addr = None;
+        if cfg.postgres.enabled {
+            let pg = tokio::net::TcpListener::bind(cfg.postgres.listen)
+                .await
+                .with_context(|| format!("postgres.bind: cannot listen on {}", cfg.postgres.listen))?;
+            pg_addr = Some(pg.local_addr()?);
+            pg_task = Some(tokio::spawn(tally_queries::serve_postgres_on(engine.clone(), pg)));
+        }
+
         let state = Arc::new(
             ProxyState::new(cfg.proxy.clone(), cfg.instance_name(), sink)
                 .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
@@ -63,11 +135,17 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
         let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
         let addr = listener.local_addr()?;
         println!("tally proxy listening on http://{addr}");
+        println!("tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
+        if let Some(pg) = pg_addr {
+            println!("tally postgres wire on {pg} (psql \"host={} port={} user=admin dbname=tally\")", pg.ip(), pg.port());
+        }
         println!("  event log: {}", log_dir.display());
+        println!("  tables:    {tables_root}");
         if args.dev {
             println!("  dev mode: any key `dev-<tenant>-<anything>` works, e.g.");
             println!("    curl http://{addr}/v1/chat/completions -H 'authorization: Bearer dev-acme-1' \\");
             println!("      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
+            println!("  admin token (dev): {DEV_ADMIN_TOKEN}");
         }
         tally_enforcer::server::serve(listener, state.clone(), shutdown_signal(), Duration::from_secs(args.drain_seconds)).await?;
         // Let forwarding tasks (streams being drained) finish, then flush every event.
@@ -80,6 +158,18 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
             Ok(Ok(())) => tracing::info!("event log flushed"),
             Ok(Err(e)) => tracing::error!(error = %e, "flushing the event log failed"),
             Err(_) => tracing::warn!("gave up waiting for the event sink"),
+        }
+        // The ledger commits what it has read, then stops.
+        let _ = ledger_stop.send(());
+        match tokio::time::timeout(Duration::from_secs(30), ledger_task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("ledger committed and stopped"),
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "ledger stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "ledger task failed"),
+            Err(_) => tracing::warn!("gave up waiting for the ledger"),
+        }
+        admin_task.abort();
+        if let Some(t) = pg_task {
+            t.abort();
         }
         if let Some(s) = simulator {
             s.abort();

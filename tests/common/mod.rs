@@ -15,6 +15,8 @@ use tally_events::{Event, UsageEvent};
 pub struct Tally {
     pub child: Child,
     pub proxy: String,
+    pub admin: String,
+    pub postgres: Option<String>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     lines: mpsc::Receiver<String>,
@@ -40,6 +42,10 @@ impl Tally {
             "127.0.0.1:0",
             "--simulator-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--postgres-listen",
+            "127.0.0.1:0",
             "--drain-seconds",
             "5",
         ])
@@ -62,18 +68,29 @@ impl Tally {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let proxy = loop {
+        let (mut proxy, mut admin, mut postgres) = (None, None, None);
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
-                .expect("tally did not print its listening address in time");
+                .expect("tally did not print its listening addresses in time");
             if let Some(addr) = line.strip_prefix("tally proxy listening on ") {
-                break addr.trim().to_owned();
+                proxy = Some(addr.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("tally admin API on ") {
+                admin = rest.split_whitespace().next().map(str::to_owned);
+            } else if let Some(rest) = line.strip_prefix("tally postgres wire on ") {
+                postgres = rest.split_whitespace().next().map(str::to_owned);
+            } else if line.starts_with("  event log:") {
+                break;
             }
-        };
+        }
+        let proxy = proxy.expect("proxy address printed");
+        let admin = admin.expect("admin address printed");
         Tally {
             child,
             proxy,
+            admin,
+            postgres,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             lines: rx,

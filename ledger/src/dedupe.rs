@@ -1,0 +1,103 @@
+//! The set of recently materialized event ids used to drop duplicates (an event appended
+//! twice, e.g. by a retrying or replaying producer). Owns the horizon and pruning; must
+//! not decide when an id becomes known — the materializer inserts ids only after the
+//! commit that wrote them succeeded, so a failed write never hides an event.
+//!
+//! Horizon: an id is remembered while the time it carries (UUIDv7 milliseconds; for
+//! other UUID versions, the event's `occurred_at`) is within `dedupe_horizon_hours` of
+//! now. A duplicate of an event older than that is not detected. Memory: about 40 bytes
+//! per event in the horizon.
+
+use std::collections::BTreeSet;
+
+use tally_events::{EventId, Timestamp};
+
+/// Key of an event id: (its time in Unix milliseconds, its 128 bits).
+pub(crate) type DedupeKey = (i64, u128);
+
+/// The key of an event: the id's own UUIDv7 time, or `occurred_at` for other versions.
+pub(crate) fn dedupe_key(id: &EventId, occurred_at: Timestamp) -> DedupeKey {
+    let uuid = id.as_uuid();
+    let bits = uuid.as_u128();
+    let millis = if uuid.get_version_num() == 7 {
+        i64::try_from(bits >> 80).unwrap_or(i64::MAX)
+    } else {
+        occurred_at.as_millis()
+    };
+    (millis, bits)
+}
+
+/// Recently committed event ids, ordered by time so the old ones are cheap to drop.
+#[derive(Debug, Default)]
+pub(crate) struct DedupeSet {
+    horizon_ms: i64,
+    keys: BTreeSet<DedupeKey>,
+}
+
+impl DedupeSet {
+    pub(crate) fn new(horizon: std::time::Duration) -> Self {
+        Self {
+            horizon_ms: i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX),
+            keys: BTreeSet::new(),
+        }
+    }
+
+    /// Milliseconds before which ids are forgotten.
+    pub(crate) fn cutoff_ms(&self, now: Timestamp) -> i64 {
+        now.as_millis().saturating_sub(self.horizon_ms)
+    }
+
+    pub(crate) fn contains(&self, key: &DedupeKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Remember ids (call only once their commit succeeded).
+    pub(crate) fn extend(&mut self, keys: impl IntoIterator<Item = DedupeKey>) {
+        self.keys.extend(keys);
+    }
+
+    /// Forget ids older than the horizon.
+    pub(crate) fn prune(&mut self, now: Timestamp) {
+        let cutoff = self.cutoff_ms(now);
+        if self.keys.first().is_some_and(|k| k.0 < cutoff) {
+            self.keys = self.keys.split_off(&(cutoff, 0));
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn v7_ids_are_keyed_by_their_own_time_and_pruned_by_it() {
+        let now = Timestamp::now();
+        let id = EventId::new();
+        let key = dedupe_key(&id, Timestamp::from_micros(0));
+        assert!((key.0 - now.as_millis()).abs() < 5_000, "{key:?}");
+
+        let mut set = DedupeSet::new(Duration::from_secs(3600));
+        let old = (now.as_millis() - 2 * 3_600_000, 1);
+        set.extend([key, old]);
+        assert!(set.contains(&key) && set.contains(&old));
+        set.prune(now);
+        assert!(set.contains(&key));
+        assert!(!set.contains(&old));
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn other_versions_use_occurred_at() {
+        let id = EventId::from(Uuid::from_u128(0x1234_5678_9abc_4def_8000_0000_0000_0001));
+        let at = Timestamp::from_micros(1_764_064_800_123_456);
+        assert_eq!(dedupe_key(&id, at).0, at.as_millis());
+    }
+}

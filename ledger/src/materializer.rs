@@ -1,0 +1,937 @@
+//! The materializer: tails the event log from the committed positions, batches records,
+//! decodes them (skipping, counting and reporting undecodable ones), drops duplicates,
+//! and commits each table's rows together with the batch's end position; runs the loop,
+//! backfills and background maintenance. Owns the exactly-once protocol (see the crate
+//! docs); must not acknowledge (checkpoint) the log past what every table committed, and
+//! must not remember an event id before the commit that wrote it succeeded.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTable;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tally_events::arrow::Table;
+use tally_events::log::{EventLog, Position, Record};
+use tally_events::{Event, Timestamp};
+use tokio::task::JoinHandle;
+
+use crate::config::LedgerConfig;
+use crate::convert::{events_to_batch, table_index};
+use crate::dedupe::{DedupeKey, DedupeSet, dedupe_key};
+use crate::error::LedgerError;
+use crate::maintenance::{self, Due, OptimizeSummary, VacuumSummary};
+use crate::position::app_id;
+use crate::status::{
+    LedgerCounters, LedgerStatus, UndecodableRecord, apply_lag, positions_map, scan_lag,
+    table_status,
+};
+use crate::storage::TablesRoot;
+use crate::tables;
+
+/// Records asked from the log per read.
+const READ_CHUNK: usize = 2048;
+/// Undecodable records kept for the status report.
+const RECENT_UNDECODABLE: usize = 100;
+/// The dedupe set is pruned at most this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Longest wait between retries of a failing batch in [`Ledger::run`].
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long [`Ledger::run`] waits for background maintenance at shutdown.
+const MAINTENANCE_SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// What one [`Ledger::step`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct StepSummary {
+    /// Log records consumed by this batch.
+    pub records: u64,
+    /// Rows committed to `usage`, `decisions`, `corrections`.
+    pub rows: [u64; 3],
+    /// Events dropped as duplicates.
+    pub duplicates: u64,
+    /// Records skipped as undecodable.
+    pub undecodable: u64,
+    /// Delta commits made (data and position-only).
+    pub commits: u64,
+    /// The position after the batch (where the next read starts).
+    pub end: Position,
+}
+
+impl StepSummary {
+    /// Rows committed to all tables.
+    pub fn total_rows(&self) -> u64 {
+        self.rows.iter().sum()
+    }
+}
+
+/// State shared with [`LedgerHandle`]s.
+#[derive(Debug, Default)]
+struct SharedState {
+    counters: LedgerCounters,
+    undecodable: VecDeque<UndecodableRecord>,
+    last_error: Option<String>,
+    /// Per table: latest state, committed position and the position up to which every
+    /// event of the table has been committed or found to be a duplicate.
+    tables: Vec<(Option<DeltaTable>, Option<Position>, Position)>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("tables_uri", &self.tables_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    tables_uri: String,
+    app_id: String,
+    log: Arc<dyn EventLog>,
+    state: Mutex<SharedState>,
+}
+
+/// A cheap, cloneable view of a running [`Ledger`] (e.g. moved into [`Ledger::run`]):
+/// committed positions and status, for the query layer and the CLI.
+#[derive(Clone, Debug)]
+pub struct LedgerHandle {
+    shared: Arc<Shared>,
+}
+
+impl LedgerHandle {
+    /// Per table, the position up to which its events are in the table (the log's start
+    /// if nothing was committed): the query layer reads the log from there to add events
+    /// not materialized yet. Rows with an `event_id` already in the table may occur in
+    /// that tail (duplicates the ledger drops); dedupe by `event_id` when unioning.
+    pub fn committed_positions(&self) -> HashMap<Table, Position> {
+        let state = self.shared.state.lock();
+        let mut positions = [None; 3];
+        for (i, (_, committed, _)) in state.tables.iter().enumerate().take(3) {
+            positions[i] = *committed;
+        }
+        positions_map(positions)
+    }
+
+    /// The error of the running ledger's latest attempt, if it failed (cheap: for
+    /// readiness checks; [`LedgerHandle::status`] also scans the log for lag).
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.state.lock().last_error.clone()
+    }
+
+    /// The status of the ledger (reads the uncommitted tail of the log to measure lag).
+    pub async fn status(&self) -> Result<LedgerStatus, LedgerError> {
+        let (mut tables, counters, undecodable, last_error, from) = {
+            let state = self.shared.state.lock();
+            let mut from = [Position::START; 3];
+            let mut tables = Vec::new();
+            for (i, table) in Table::ALL.into_iter().enumerate() {
+                let (delta, committed, covered) =
+                    state
+                        .tables
+                        .get(i)
+                        .cloned()
+                        .unwrap_or((None, None, Position::START));
+                from[i] = covered;
+                tables.push(table_status(table, delta.as_ref(), committed));
+            }
+            (
+                tables,
+                state.counters,
+                state.undecodable.iter().cloned().collect(),
+                state.last_error.clone(),
+                from,
+            )
+        };
+        let log = Arc::clone(&self.shared.log);
+        let scan = tokio::task::spawn_blocking(move || scan_lag(log.as_ref(), from))
+            .await
+            .map_err(|e| LedgerError::Runtime(e.to_string()))??;
+        apply_lag(&mut tables, Some(&scan));
+        Ok(LedgerStatus {
+            tables_uri: self.shared.tables_uri.clone(),
+            app_id: self.shared.app_id.clone(),
+            log_durable_end: Some(scan.durable_end),
+            tables,
+            counters: Some(counters),
+            undecodable,
+            last_error,
+        })
+    }
+}
+
+/// One table's materialization state.
+struct TableState {
+    table: Table,
+    delta: DeltaTable,
+    /// Position recorded in the table (`None`: never).
+    committed: Option<Position>,
+    /// Every event of this table before this position is committed (or a duplicate):
+    /// records before it are skipped. At least `committed`.
+    covered: Position,
+    last_commit: Instant,
+    due: Due,
+}
+
+impl TableState {
+    /// Whether the recorded position lags what the table is known to cover.
+    fn position_behind(&self) -> bool {
+        match self.committed {
+            None => self.covered > Position::START,
+            Some(c) => c < self.covered,
+        }
+    }
+}
+
+/// Records read but not committed yet.
+#[derive(Default)]
+struct Batch {
+    events: [Vec<Event>; 3],
+    keys: [Vec<DedupeKey>; 3],
+    seen: HashSet<DedupeKey>,
+    records: usize,
+    bytes: usize,
+    duplicates: u64,
+    undecodable: u64,
+    started: Option<Instant>,
+}
+
+/// Background maintenance in flight.
+struct Maintenance {
+    task: JoinHandle<Vec<Result<MaintenanceDone, LedgerError>>>,
+}
+
+enum MaintenanceDone {
+    Optimized(usize, OptimizeSummary),
+    Vacuumed(VacuumSummary),
+}
+
+/// Materializes an event log into the `usage`, `decisions` and `corrections` Delta
+/// tables, exactly once. See the crate documentation for the protocol.
+pub struct Ledger {
+    config: LedgerConfig,
+    root: TablesRoot,
+    log: Arc<dyn EventLog>,
+    app_id: String,
+    tables: Vec<TableState>,
+    /// Where the next read starts.
+    read_pos: Position,
+    /// Furthest position read in this process: records before it were counted already.
+    max_seen: Position,
+    batch: Batch,
+    dedupe: DedupeSet,
+    last_prune: Instant,
+    /// A commit failed: the tables must be re-read before anything else is written.
+    needs_reload: bool,
+    shared: Arc<Shared>,
+    last_vacuum: Option<Instant>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("tables_uri", &self.root.uri().as_str())
+            .field("app_id", &self.app_id)
+            .field("read_pos", &self.read_pos)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn read_log(
+    log: &Arc<dyn EventLog>,
+    from: Position,
+    max: usize,
+) -> Result<Vec<Record>, LedgerError> {
+    let log = Arc::clone(log);
+    tokio::task::spawn_blocking(move || log.read(from, max))
+        .await
+        .map_err(|e| LedgerError::Runtime(e.to_string()))?
+        .map_err(LedgerError::from)
+}
+
+impl Ledger {
+    /// Open the ledger: create missing tables under `tables_root` (a path or URI), read
+    /// each table's committed position, and rebuild the dedupe set from the ids committed
+    /// within the horizon. Reading resumes from the lowest committed position.
+    pub async fn open(
+        config: LedgerConfig,
+        tables_root: &str,
+        log: Arc<dyn EventLog>,
+    ) -> Result<Ledger, LedgerError> {
+        config.validate()?;
+        let root = TablesRoot::open(tables_root, config.storage_options.clone(), true)?;
+        Self::open_root(config, root, log).await
+    }
+
+    pub(crate) async fn open_root(
+        config: LedgerConfig,
+        root: TablesRoot,
+        log: Arc<dyn EventLog>,
+    ) -> Result<Ledger, LedgerError> {
+        let app_id = app_id(&config.source_name);
+        let mut states = Vec::new();
+        for table in Table::ALL {
+            let delta = tables::open_or_create(&root, table).await?;
+            let committed = tables::committed_position(&delta, table, &app_id).await?;
+            states.push(TableState {
+                table,
+                delta,
+                committed,
+                covered: committed.unwrap_or(Position::START),
+                last_commit: Instant::now(),
+                due: Due::default(),
+            });
+        }
+        let read_pos = states
+            .iter()
+            .map(|s| s.covered)
+            .min()
+            .unwrap_or(Position::START);
+
+        let mut dedupe = DedupeSet::new(config.dedupe_horizon());
+        let now = Timestamp::now();
+        let cutoff = dedupe.cutoff_ms(now);
+        // One extra day: an id's time and its row's `occurred_at` may differ slightly.
+        let since_day =
+            Timestamp::from_micros(cutoff.saturating_sub(86_400_000).saturating_mul(1000))
+                .utc_day();
+        for s in &states {
+            let ids = tables::event_ids_since(&s.delta, s.table, &since_day).await?;
+            dedupe.extend(
+                ids.iter()
+                    .map(|(id, at)| dedupe_key(id, *at))
+                    .filter(|k| k.0 >= cutoff),
+            );
+        }
+        tracing::info!(
+            tables_uri = %root.uri(),
+            app_id,
+            resume_from = %read_pos,
+            dedupe_ids = dedupe.len(),
+            "ledger opened"
+        );
+
+        let shared = Arc::new(Shared {
+            tables_uri: root.uri().to_string(),
+            app_id: app_id.clone(),
+            log: Arc::clone(&log),
+            state: Mutex::new(SharedState::default()),
+        });
+        let ledger = Ledger {
+            config,
+            root,
+            log,
+            app_id,
+            tables: states,
+            read_pos,
+            max_seen: Position::START,
+            batch: Batch::default(),
+            dedupe,
+            last_prune: Instant::now(),
+            needs_reload: false,
+            shared,
+            last_vacuum: None,
+        };
+        ledger.publish();
+        Ok(ledger)
+    }
+
+    /// A handle for status and committed positions that stays valid while [`Ledger::run`]
+    /// owns the ledger.
+    pub fn handle(&self) -> LedgerHandle {
+        LedgerHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Per table, the position up to which its events are committed (see
+    /// [`LedgerHandle::committed_positions`]).
+    pub fn committed_positions(&self) -> HashMap<Table, Position> {
+        let mut positions = [None; 3];
+        for (i, s) in self.tables.iter().enumerate().take(3) {
+            positions[i] = s.committed;
+        }
+        positions_map(positions)
+    }
+
+    /// The status of the ledger (see [`LedgerHandle::status`]).
+    pub async fn status(&self) -> Result<LedgerStatus, LedgerError> {
+        self.handle().status().await
+    }
+
+    /// Read what the log has now (up to one batch) and commit it: one batch.
+    pub async fn step(&mut self) -> Result<StepSummary, LedgerError> {
+        self.fill(None).await?;
+        self.flush(false).await
+    }
+
+    /// Materialize everything up to the log's durable end (as of the call), reporting
+    /// `progress(done, total)` in log records, then record the end position in every
+    /// table. Compacts afterwards if a backfill left many small files.
+    pub async fn catch_up(
+        &mut self,
+        progress: impl Fn(u64, u64),
+    ) -> Result<StepSummary, LedgerError> {
+        self.confirm().await?;
+        let target = self.log.durable_end();
+        let total = self.count_records(target).await?;
+        let mut total_summary = StepSummary {
+            end: self.read_pos,
+            ..StepSummary::default()
+        };
+        let mut done = 0u64;
+        progress(0, total);
+        while self.read_pos < target {
+            let read = self.fill(Some(target)).await?;
+            let step = self.flush(false).await?;
+            add_summary(&mut total_summary, &step);
+            done = done.saturating_add(read);
+            progress(done.min(total), total);
+            if read == 0 {
+                break;
+            }
+        }
+        let last = self.flush(true).await?;
+        add_summary(&mut total_summary, &last);
+        progress(total, total);
+        let due: Vec<usize> = (0..self.tables.len())
+            .filter(|&i| self.tables[i].due.optimize_due(&self.config))
+            .collect();
+        for i in due {
+            if let Err(e) = self.optimize_one(i).await {
+                tracing::warn!(error = %e, "compaction after catch-up failed");
+            }
+        }
+        Ok(total_summary)
+    }
+
+    /// Run until `shutdown` completes: tail the log, commit a batch when it is full or
+    /// `batch_max_age_ms` old, record positions of idle tables, and run maintenance in
+    /// the background. Failures are logged, reported in the status and retried with
+    /// backoff. At shutdown the batch in hand, and at most one more batch, is committed
+    /// and every table records its position; anything later is committed on the next
+    /// start.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LedgerError> {
+        tokio::pin!(shutdown);
+        let poll = (self.config.batch_max_age() / 5)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut wait = Duration::ZERO;
+        let mut backoff = Duration::ZERO;
+        let mut maintenance: Option<Maintenance> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match self.tick().await {
+                Ok(busy) => {
+                    backoff = Duration::ZERO;
+                    self.shared.state.lock().last_error = None;
+                    wait = if busy { Duration::ZERO } else { poll };
+                }
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(200), MAX_BACKOFF);
+                    tracing::error!(code = e.code(), error = %e, retry_in = ?backoff, "ledger batch failed");
+                    self.shared.state.lock().last_error = Some(e.to_string());
+                    wait = backoff;
+                }
+            }
+            self.maintain(&mut maintenance).await;
+        }
+
+        // Shutdown: commit the batch in hand plus at most one more batch of what is
+        // durable now (bounded, so stopping stays quick; the rest waits for the next
+        // start), and record every table's position.
+        let target = self.log.durable_end();
+        let result = match self.fill(Some(target)).await {
+            Ok(_) => self.flush(true).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Some(mut m) = maintenance.take() {
+            match tokio::time::timeout(MAINTENANCE_SHUTDOWN_WAIT, &mut m.task).await {
+                Ok(Ok(results)) => self.maintenance_done(results).await,
+                Ok(Err(e)) => tracing::warn!(error = %e, "background maintenance task failed"),
+                Err(_) => {
+                    // Safe: a maintenance commit is atomic; unfinished work leaves only
+                    // unreferenced files for vacuum.
+                    m.task.abort();
+                    tracing::warn!("background maintenance still running at shutdown; stopped");
+                }
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(code = e.code(), error = %e, "ledger stopped with uncommitted records; they are committed on the next start");
+        }
+        result
+    }
+
+    /// Compact every table now (see [`OptimizeSummary`]).
+    pub async fn optimize(&mut self) -> Result<Vec<OptimizeSummary>, LedgerError> {
+        self.confirm().await?;
+        let mut out = Vec::new();
+        for i in 0..self.tables.len() {
+            out.push(self.optimize_one(i).await?);
+        }
+        Ok(out)
+    }
+
+    /// Delete unreferenced files older than `retention` (default:
+    /// `vacuum_retention_hours`) from every table.
+    pub async fn vacuum(
+        &mut self,
+        retention: Option<Duration>,
+    ) -> Result<Vec<VacuumSummary>, LedgerError> {
+        self.confirm().await?;
+        let retention = retention.unwrap_or_else(|| self.config.vacuum_retention());
+        let mut out = Vec::new();
+        for s in &mut self.tables {
+            let (delta, summary) = maintenance::vacuum(s.delta.clone(), s.table, retention).await?;
+            s.delta = delta;
+            out.push(summary);
+        }
+        self.last_vacuum = Some(Instant::now());
+        self.shared.state.lock().counters.vacuum_runs += 1;
+        self.publish();
+        Ok(out)
+    }
+
+    // ----- internals -----
+
+    /// One iteration of [`Ledger::run`]; returns whether more work is waiting.
+    async fn tick(&mut self) -> Result<bool, LedgerError> {
+        self.fill(None).await?;
+        let full = self.batch_full();
+        let old = self
+            .batch
+            .started
+            .is_some_and(|t| t.elapsed() >= self.config.batch_max_age());
+        if full || old {
+            self.flush(false).await?;
+            return Ok(full);
+        }
+        let idle = self.config.idle_commit();
+        if self.batch.records == 0
+            && self
+                .tables
+                .iter()
+                .any(|s| s.position_behind() && s.last_commit.elapsed() >= idle)
+        {
+            self.flush(false).await?;
+        }
+        Ok(false)
+    }
+
+    fn batch_full(&self) -> bool {
+        self.batch.records >= self.config.batch_max_events
+            || self.batch.bytes >= self.config.batch_max_bytes
+    }
+
+    /// Read records into the batch until it is full, the log has no more, or `limit` is
+    /// reached. Returns the number of records taken.
+    async fn fill(&mut self, limit: Option<Position>) -> Result<u64, LedgerError> {
+        self.confirm().await?;
+        let mut taken = 0u64;
+        'outer: while !self.batch_full() {
+            if limit.is_some_and(|l| self.read_pos >= l) {
+                break;
+            }
+            let want = (self.config.batch_max_events - self.batch.records).clamp(1, READ_CHUNK);
+            let records = read_log(&self.log, self.read_pos, want).await?;
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                if self.batch_full() || limit.is_some_and(|l| r.position >= l) {
+                    break 'outer;
+                }
+                self.take(r);
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Add one record to the batch (or skip it: replayed, duplicate, undecodable).
+    fn take(&mut self, r: Record) {
+        let fresh = r.position >= self.max_seen;
+        self.read_pos = r.next;
+        self.max_seen = self.max_seen.max(r.next);
+        self.batch.records += 1;
+        self.batch.bytes += r.payload.len();
+        self.batch.started.get_or_insert_with(Instant::now);
+        let mut shared = self.shared.state.lock();
+        if fresh {
+            shared.counters.records_read += 1;
+        }
+        let event = match tally_events::decode(&r.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                if fresh {
+                    tracing::error!(
+                        position = %r.position,
+                        code = e.code(),
+                        error = %e,
+                        "skipping an event-log record that cannot be decoded (counted in `tally ledger status`)"
+                    );
+                    self.batch.undecodable += 1;
+                    shared.counters.undecodable_records += 1;
+                    if shared.undecodable.len() >= RECENT_UNDECODABLE {
+                        shared.undecodable.pop_front();
+                    }
+                    shared.undecodable.push_back(UndecodableRecord {
+                        position: r.position,
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+                return;
+            }
+        };
+        let i = table_index(&event);
+        if r.position < self.tables[i].covered {
+            if fresh {
+                shared.counters.replay_skipped += 1;
+            }
+            return;
+        }
+        let header = event.header();
+        let key = dedupe_key(&header.event_id, header.occurred_at);
+        if self.dedupe.contains(&key) || !self.batch.seen.insert(key) {
+            if fresh {
+                tracing::debug!(event_id = %header.event_id, position = %r.position, "dropping a duplicate event");
+                self.batch.duplicates += 1;
+                shared.counters.duplicates_dropped += 1;
+            }
+            return;
+        }
+        self.batch.keys[i].push(key);
+        self.batch.events[i].push(event);
+    }
+
+    /// Commit the batch: each table's rows with the batch's end position. With
+    /// `record_idle`, tables without new rows record the end position too (otherwise only
+    /// once their last commit is `idle_commit_secs` old).
+    async fn flush(&mut self, record_idle: bool) -> Result<StepSummary, LedgerError> {
+        self.confirm().await?;
+        let end = self.read_pos;
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut summary = StepSummary {
+            records: batch.records as u64,
+            duplicates: batch.duplicates,
+            undecodable: batch.undecodable,
+            end,
+            ..StepSummary::default()
+        };
+        for i in 0..self.tables.len() {
+            let events = std::mem::take(&mut batch.events[i]);
+            let keys = std::mem::take(&mut batch.keys[i]);
+            if events.is_empty() {
+                let idle = self.config.idle_commit();
+                let s = &mut self.tables[i];
+                s.covered = s.covered.max(end);
+                if s.position_behind() && (record_idle || s.last_commit.elapsed() >= idle) {
+                    self.commit_position(i).await?;
+                    summary.commits += 1;
+                }
+                continue;
+            }
+            let rows = events.len() as u64;
+            let days: HashSet<i32> = events
+                .iter()
+                .map(|e| {
+                    i32::try_from(
+                        e.header()
+                            .occurred_at
+                            .as_micros()
+                            .div_euclid(86_400_000_000),
+                    )
+                    .unwrap_or(i32::MAX)
+                })
+                .collect();
+            self.commit_rows(i, events, end).await?;
+            self.dedupe.extend(keys);
+            let s = &mut self.tables[i];
+            for day in days {
+                *s.due.new_files_per_day.entry(day).or_insert(0) += 1;
+            }
+            summary.rows[i] = rows;
+            summary.commits += 1;
+            self.shared.state.lock().counters.events_committed += rows;
+        }
+
+        // Every table has committed everything before its position: the log may drop
+        // what lies before the lowest of them.
+        if let Some(low) = self
+            .tables
+            .iter()
+            .map(|s| s.committed)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().min())
+        {
+            let log = Arc::clone(&self.log);
+            match tokio::task::spawn_blocking(move || log.checkpoint(low)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "acknowledging the event log (retention checkpoint)")
+                }
+                Err(e) => tracing::warn!(error = %e, "acknowledging the event log"),
+            }
+        }
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.dedupe.prune(Timestamp::now());
+            self.last_prune = Instant::now();
+        }
+        self.publish();
+        Ok(summary)
+    }
+
+    /// Write one table's rows and `end`, in one commit.
+    async fn commit_rows(
+        &mut self,
+        i: usize,
+        events: Vec<Event>,
+        end: Position,
+    ) -> Result<(), LedgerError> {
+        let s = &self.tables[i];
+        let table = s.table;
+        let result = match events_to_batch(table, events) {
+            Ok(batch) => tables::append(s.delta.clone(), table, batch, &self.app_id, end).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(delta) => {
+                self.committed(i, delta, end).await;
+                self.shared.state.lock().counters.data_commits += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Record the table's covered position without data.
+    async fn commit_position(&mut self, i: usize) -> Result<(), LedgerError> {
+        let s = &self.tables[i];
+        let end = s.covered;
+        match tables::record_position(s.delta.clone(), s.table, &self.app_id, end).await {
+            Ok(delta) => {
+                self.committed(i, delta, end).await;
+                self.shared.state.lock().counters.position_commits += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Bookkeeping after a successful commit; checkpoints when due.
+    async fn committed(&mut self, i: usize, delta: DeltaTable, end: Position) {
+        let s = &mut self.tables[i];
+        s.delta = delta;
+        s.committed = Some(end);
+        s.covered = s.covered.max(end);
+        s.last_commit = Instant::now();
+        s.due.commits_since_checkpoint += 1;
+        s.due.commits_since_optimize += 1;
+        if s.due.checkpoint_due(&self.config) {
+            match maintenance::checkpoint(&s.delta, s.table).await {
+                Ok(()) => {
+                    s.due.commits_since_checkpoint = 0;
+                    self.shared.state.lock().counters.checkpoints += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(code = e.code(), error = %e, "Delta checkpoint failed; retried after the next commit")
+                }
+            }
+        }
+    }
+
+    /// A commit failed (or its outcome is unknown): drop the batch and re-read the
+    /// tables before writing again, then resume from what they record.
+    fn failed(&mut self, e: LedgerError) -> LedgerError {
+        self.batch = Batch::default();
+        self.needs_reload = true;
+        self.shared.state.lock().counters.failed_commits += 1;
+        e
+    }
+
+    /// After a failed commit: reload every table and its recorded position, and rewind
+    /// the reader to the lowest. Until this succeeds nothing is written.
+    async fn confirm(&mut self) -> Result<(), LedgerError> {
+        if !self.needs_reload {
+            return Ok(());
+        }
+        for s in &mut self.tables {
+            s.delta
+                .update_state()
+                .await
+                .map_err(|e| LedgerError::Unconfirmed {
+                    table: s.table.name(),
+                    source: e.into(),
+                })?;
+            let committed = tables::committed_position(&s.delta, s.table, &self.app_id).await?;
+            s.committed = committed;
+            s.covered = committed.unwrap_or(Position::START);
+        }
+        self.read_pos = self
+            .tables
+            .iter()
+            .map(|s| s.covered)
+            .min()
+            .unwrap_or(Position::START);
+        self.batch = Batch::default();
+        self.needs_reload = false;
+        tracing::info!(resume_from = %self.read_pos, "ledger state confirmed after a failed commit");
+        self.publish();
+        Ok(())
+    }
+
+    /// Records between the read position and `target`.
+    async fn count_records(&self, target: Position) -> Result<u64, LedgerError> {
+        let mut pos = self.read_pos;
+        let mut n = 0u64;
+        while pos < target {
+            let records = read_log(&self.log, pos, 16 * 1024).await?;
+            let Some(last) = records.last() else { break };
+            pos = last.next;
+            n += records.iter().filter(|r| r.position < target).count() as u64;
+        }
+        Ok(n)
+    }
+
+    async fn optimize_one(&mut self, i: usize) -> Result<OptimizeSummary, LedgerError> {
+        let s = &mut self.tables[i];
+        let (delta, summary) = maintenance::optimize(s.delta.clone(), s.table).await?;
+        s.delta = delta;
+        s.due.optimized();
+        self.shared.state.lock().counters.optimize_runs += 1;
+        self.publish();
+        Ok(summary)
+    }
+
+    /// Collect finished background maintenance and start what is due.
+    async fn maintain(&mut self, running: &mut Option<Maintenance>) {
+        if let Some(m) = running.as_ref()
+            && m.task.is_finished()
+            && let Some(m) = running.take()
+        {
+            match m.task.await {
+                Ok(results) => self.maintenance_done(results).await,
+                Err(e) => tracing::warn!(error = %e, "background maintenance task failed"),
+            }
+        }
+        if running.is_some() || self.needs_reload {
+            return;
+        }
+        let optimize: Vec<usize> = (0..self.tables.len())
+            .filter(|&i| self.tables[i].due.optimize_due(&self.config))
+            .collect();
+        let vacuum = self.config.vacuum_every_hours > 0
+            && self.last_vacuum.is_none_or(|t| {
+                t.elapsed() >= Duration::from_secs(self.config.vacuum_every_hours * 3600)
+            });
+        if optimize.is_empty() && !vacuum {
+            return;
+        }
+        // Work on handles of their own; the writer's next commit rebases on theirs
+        // (compaction and vacuum never conflict with appends).
+        let jobs: Vec<(usize, Table, DeltaTable)> = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.table, s.delta.clone()))
+            .collect();
+        if vacuum {
+            self.last_vacuum = Some(Instant::now());
+        }
+        let retention = self.config.vacuum_retention();
+        let task = tokio::spawn(async move {
+            let mut results = Vec::new();
+            for (i, table, delta) in jobs {
+                let delta = if optimize.contains(&i) {
+                    match maintenance::optimize(delta, table).await {
+                        Ok((delta, summary)) => {
+                            results.push(Ok(MaintenanceDone::Optimized(i, summary)));
+                            delta
+                        }
+                        Err(e) => {
+                            results.push(Err(e));
+                            continue;
+                        }
+                    }
+                } else {
+                    delta
+                };
+                if vacuum {
+                    results.push(
+                        maintenance::vacuum(delta, table, retention)
+                            .await
+                            .map(|(_, s)| MaintenanceDone::Vacuumed(s)),
+                    );
+                }
+            }
+            results
+        });
+        *running = Some(Maintenance { task });
+    }
+
+    async fn maintenance_done(&mut self, results: Vec<Result<MaintenanceDone, LedgerError>>) {
+        for r in results {
+            match r {
+                Ok(MaintenanceDone::Optimized(i, summary)) => {
+                    tracing::info!(
+                        table = summary.table,
+                        files_removed = summary.files_removed,
+                        files_added = summary.files_added,
+                        "compacted"
+                    );
+                    if let Some(s) = self.tables.get_mut(i) {
+                        s.due.optimized();
+                    }
+                    self.shared.state.lock().counters.optimize_runs += 1;
+                }
+                Ok(MaintenanceDone::Vacuumed(summary)) => {
+                    tracing::info!(
+                        table = summary.table,
+                        files_deleted = summary.files_deleted,
+                        "vacuumed"
+                    );
+                    self.shared.state.lock().counters.vacuum_runs += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(code = e.code(), error = %e, "background maintenance failed")
+                }
+            }
+        }
+        // Pick up the maintenance commits (the next append would rebase anyway).
+        if !self.needs_reload {
+            for s in &mut self.tables {
+                if let Err(e) = s.delta.update_state().await {
+                    tracing::warn!(table = s.table.name(), error = %e, "refreshing table state");
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Publish the tables' state and counters to handles.
+    fn publish(&self) {
+        let mut state = self.shared.state.lock();
+        state.tables = self
+            .tables
+            .iter()
+            .map(|s| (Some(s.delta.clone()), s.committed, s.covered))
+            .collect();
+        state.counters.dedupe_ids = self.dedupe.len() as u64;
+    }
+}
+
+fn add_summary(total: &mut StepSummary, step: &StepSummary) {
+    total.records += step.records;
+    for (t, s) in total.rows.iter_mut().zip(step.rows) {
+        *t += s;
+    }
+    total.duplicates += step.duplicates;
+    total.undecodable += step.undecodable;
+    total.commits += step.commits;
+    total.end = step.end;
+}
