@@ -16,4 +16,9 @@ fi
 if ! "$VENV/bin/python" -c 'import openai, anthropic' >/dev/null 2>&1; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.50,<3' 'anthropic>=0.40,<1'
 fi
+# A real S3-compatible server (moto) and an independent Delta/Parquet reader (pyarrow)
+# for the ledger's storage tests.
+if ! "$VENV/bin/python" -c 'import moto, pyarrow' >/dev/null 2>&1; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6' 'pyarrow>=15'
+fi
 echo "test dependencies ready (python clients in $VENV)"

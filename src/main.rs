@@ -118,6 +118,9 @@ enum Command {
     /// The ledger (event log → Delta tables).
     #[command(subcommand)]
     Ledger(cmd::ledger::LedgerCommand),
+    /// Policies (access rules, rate limits, usage caps).
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
     /// Manage gateway API keys.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
             access,
         } => cmd::query::top(&cli.global, by, dimension, limit, since, access),
         Command::Ledger(c) => cmd::ledger::run(&cli.global, c),
+        Command::Policy(c) => cmd::policy::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,10 @@ pub struct ProxyConfig {
     pub event_queue: EventQueueConfig,
     /// A price table file overriding the built-in one.
     pub prices: Option<PathBuf>,
+    /// The policy file (access rules, rate limits, usage caps); see docs/policies.md.
+    pub policy_file: Option<PathBuf>,
+    /// Output tokens reserved for a request that does not set a maximum.
+    pub default_max_output_tokens: u64,
 }
 
 impl Default for ProxyConfig {
@@ -92,6 +96,8 @@ impl Default for ProxyConfig {
             idle_timeout_ms: 120_000,
             event_queue: EventQueueConfig::default(),
             prices: None,
+            policy_file: None,
+            default_max_output_tokens: 4096,
         }
     }
 }

@@ -14,13 +14,15 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tally_events::FinishState;
+use parking_lot::Mutex;
+use tally_events::{FinishState, Timestamp, TokenCounts};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::accounting::{AttemptOutcome, RequestCtx};
 use crate::config::OnClientAbort;
 use crate::error::ErrorKind;
 use crate::keys::KeyLocation;
+use crate::policy::{Reservation, StreamVerdict};
 use crate::providers::{self, Endpoint, EventAction, RequestInfo, StreamTracker};
 use crate::proxy::{ProxyBody, ProxyState, await_head, error_response, full, stamp};
 use crate::upstream::{self, Upstream, strip_hop_by_hop};
@@ -37,6 +39,7 @@ pub(crate) struct Forward {
     body: Bytes,
     key_location: Option<KeyLocation>,
     target: Target,
+    reservation: Option<Reservation>,
 }
 
 enum Target {
@@ -57,14 +60,17 @@ impl Forward {
         key_location: Option<KeyLocation>,
         endpoint: Endpoint,
         info: RequestInfo,
+        reservation: Reservation,
     ) -> Self {
-        Self::new(
+        let mut f = Self::new(
             ctx,
             parts,
             body,
             key_location,
             Target::Provider { endpoint, info },
-        )
+        );
+        f.reservation = Some(reservation);
+        f
     }
 
     pub(crate) fn passthrough(
@@ -102,6 +108,7 @@ impl Forward {
             body,
             key_location,
             target,
+            reservation: None,
         }
     }
 }
@@ -112,14 +119,33 @@ pub(crate) async fn start(state: Arc<ProxyState>, fwd: Forward) -> Response<Prox
     let ctx = fwd.ctx.clone();
     tokio::spawn(async move {
         state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        run(&state, fwd, tx).await;
+        let mut fwd = fwd;
+        let reservation = fwd.reservation.take();
+        let spent = Mutex::new(Spent::default());
+        run(&state, fwd, tx, reservation.as_ref(), &spent).await;
+        if let Some(r) = &reservation {
+            // Replace the reservation by what every attempt really used.
+            let spent = spent.lock();
+            state
+                .policy
+                .settle(r, &spent.tokens, spent.cost_micros, Timestamp::now());
+        }
         state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     });
     await_head(rx, &ctx).await
 }
 
+/// Tokens and cost of all attempts of one request, for settling its reservation.
+#[derive(Default)]
+struct Spent {
+    tokens: TokenCounts,
+    cost_micros: i64,
+}
+
 struct Attempt<'a> {
     state: &'a ProxyState,
+    spent: &'a Mutex<Spent>,
+    reservation: Option<&'a Reservation>,
     ctx: &'a RequestCtx,
     id: String,
     number: u32,
@@ -148,6 +174,19 @@ impl Attempt<'_> {
 
     async fn record(&self, outcome: AttemptOutcome) {
         let event = outcome.into_event(self.ctx, Some(&self.state.prices));
+        {
+            let mut spent = self.spent.lock();
+            let t = &mut spent.tokens;
+            let u = &event.tokens;
+            t.input_tokens += u.input_tokens;
+            t.cached_input_tokens += u.cached_input_tokens;
+            t.cache_write_tokens += u.cache_write_tokens;
+            t.output_tokens += u.output_tokens;
+            t.reasoning_tokens += u.reasoning_tokens;
+            t.audio_input_tokens += u.audio_input_tokens;
+            t.audio_output_tokens += u.audio_output_tokens;
+            spent.cost_micros = spent.cost_micros.saturating_add(event.cost_micros);
+        }
         tracing::info!(
             request_id = %event.header.request_id,
             tenant = %event.header.tenant,
@@ -175,7 +214,13 @@ impl Attempt<'_> {
     }
 }
 
-async fn run(state: &ProxyState, fwd: Forward, head_tx: oneshot::Sender<Response<ProxyBody>>) {
+async fn run(
+    state: &ProxyState,
+    fwd: Forward,
+    head_tx: oneshot::Sender<Response<ProxyBody>>,
+    reservation: Option<&Reservation>,
+    spent: &Mutex<Spent>,
+) {
     let ctx = &fwd.ctx;
     let (endpoint, info) = match &fwd.target {
         Target::Provider { endpoint, info } => (Some(endpoint), Some(info)),
@@ -223,6 +268,8 @@ async fn run(state: &ProxyState, fwd: Forward, head_tx: oneshot::Sender<Response
         let upstream = candidates[(n as usize) % candidates.len()];
         let mut attempt = Attempt {
             state,
+            spent,
+            reservation,
             ctx,
             id: id.clone(),
             number: n,
@@ -565,6 +612,43 @@ async fn relay_stream(
         };
         if out.is_empty() || client_gone {
             continue;
+        }
+        if let (Some(res), Some(t)) = (attempt.reservation, &tracker)
+            && res.needs_stream_checks()
+        {
+            let output = t.estimated_output_tokens();
+            let model = attempt.ctx.model_requested.as_deref().unwrap_or("");
+            let so_far = TokenCounts {
+                input_tokens: attempt.ctx.estimated_input_tokens,
+                output_tokens: output,
+                ..TokenCounts::default()
+            };
+            let cost = attempt
+                .state
+                .prices
+                .cost_micros(model, &so_far, false)
+                .unwrap_or(0);
+            let header = attempt.ctx.header(&attempt.id);
+            match attempt
+                .state
+                .policy
+                .check_stream(res, output, cost, &header, Timestamp::now())
+            {
+                StreamVerdict::Continue => {}
+                StreamVerdict::ShadowCut { decision } => {
+                    attempt.state.sink.emit_always(decision.into()).await;
+                }
+                StreamVerdict::Cut { decision, message } => {
+                    attempt.state.sink.emit_always(decision.into()).await;
+                    let provider = attempt
+                        .ctx
+                        .provider
+                        .unwrap_or(tally_events::Provider::Openai);
+                    let err = providers::sse_error_event(provider, "tally.cut_by_policy", &message);
+                    let _ = tx.send(Ok(Frame::data(Bytes::from(err)))).await;
+                    break FinishState::CutByPolicy;
+                }
+            }
         }
         if ttft.is_none() {
             ttft = Some(ms(attempt.ctx.started.elapsed()));

@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use tally_events::{EventId, Provider, RuleKind};
+use tally_events::{EventId, Provider, RuleKind, Timestamp};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -23,6 +23,7 @@ use crate::config::{ProxyConfig, UnknownPaths};
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::{self, Forward};
 use crate::keys::{self, KeyStore};
+use crate::policy::{PolicyEngine, PolicySet, RequestAttrs, Verdict};
 use crate::pricing::PriceTable;
 use crate::providers;
 use crate::sink::EventSink;
@@ -51,6 +52,7 @@ pub struct ProxyState {
     pub client: HttpClient,
     pub sink: EventSink,
     pub stats: ProxyStats,
+    pub policy: PolicyEngine,
 }
 
 impl ProxyState {
@@ -64,7 +66,12 @@ impl ProxyState {
             Some(p) => PriceTable::load(p).map_err(|e| e.to_string())?,
             None => PriceTable::built_in(),
         };
+        let policy = match &config.policy_file {
+            Some(p) => PolicySet::load(p).map_err(|e| e.to_string())?,
+            None => PolicySet::empty(),
+        };
         Ok(Self {
+            policy: PolicyEngine::new(policy),
             keys: KeyStore::new(&config.keys, config.dev_keys),
             upstreams: upstream::resolve_upstreams(&config.upstreams)?,
             client: upstream::client(&config),
@@ -265,9 +272,64 @@ async fn handle_inner(
             started,
         );
     }
+    // Policies: access rules, rate limits and caps, with reservations.
+    let max_output = info
+        .max_output_tokens
+        .unwrap_or(state.config.default_max_output_tokens);
+    let attrs = RequestAttrs {
+        tenant: ctx.tenant.clone(),
+        key_id: ctx.api_key_id.clone(),
+        labels: ctx.labels.clone(),
+        provider: ctx.provider,
+        route: ctx.route,
+        model: ctx.model_requested.clone(),
+        headers: policy_headers(&parts.headers),
+        estimated_input_tokens: info.estimated_input_tokens,
+        max_output_tokens: max_output,
+        estimated_cost_micros: ctx.model_requested.as_deref().and_then(|m| {
+            let tokens = tally_events::TokenCounts {
+                input_tokens: info.estimated_input_tokens,
+                output_tokens: max_output,
+                ..Default::default()
+            };
+            state.prices.cost_micros(m, &tokens, false)
+        }),
+    };
+    let evaluation = state
+        .policy
+        .evaluate(&attrs, &ctx.header(request_id), Timestamp::now());
+    for d in evaluation.decisions {
+        state.sink.emit_always(d.into()).await;
+    }
+    let reservation = match evaluation.verdict {
+        Verdict::Allow(r) => r,
+        Verdict::Deny {
+            rule,
+            status,
+            message,
+            retry_after_secs,
+        } => {
+            state.stats.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(rule, status, %message, "request denied by policy");
+            state
+                .sink
+                .emit_always(ctx.denied_usage(status).into())
+                .await;
+            let mut resp =
+                error_response(provider, ErrorKind::Denied, &message, request_id, started);
+            *resp.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            if let Some(secs) = retry_after_secs
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return resp;
+        }
+    };
     forward::start(
         state.clone(),
-        Forward::provider(ctx, parts, body, key_location, endpoint, info),
+        Forward::provider(ctx, parts, body, key_location, endpoint, info, reservation),
     )
     .await
 }
@@ -359,4 +421,21 @@ impl From<ProxyError> for std::io::Error {
     fn from(e: ProxyError) -> Self {
         std::io::Error::other(e.to_string())
     }
+}
+
+/// Request headers visible to policy expressions: lowercase names, secrets left out.
+fn policy_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
+    const SECRET: [&str; 6] = [
+        "authorization",
+        "x-api-key",
+        "x-goog-api-key",
+        "x-tally-key",
+        "cookie",
+        "proxy-authorization",
+    ];
+    headers
+        .iter()
+        .filter(|(n, _)| !SECRET.contains(&n.as_str()))
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect()
 }

@@ -244,7 +244,10 @@ pub(crate) fn file_stats(delta: &DeltaTable) -> FileStats {
         rows: Some(0),
         ..FileStats::default()
     };
-    for file in state.log_data().iter() {
+    let Ok(files) = state.snapshot().try_log_data() else {
+        return FileStats::default();
+    };
+    for file in files.iter() {
         stats.files += 1;
         stats.bytes += u64::try_from(file.size()).unwrap_or(0);
         stats.rows = match (stats.rows, file.num_records()) {
@@ -259,8 +262,8 @@ pub(crate) fn file_stats(delta: &DeltaTable) -> FileStats {
 #[cfg(test)]
 pub(crate) fn files_per_day(delta: &DeltaTable) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
-    if let Ok(state) = delta.snapshot() {
-        for file in state.log_data().iter() {
+    if let Ok(files) = delta.snapshot().and_then(|s| s.snapshot().try_log_data()) {
+        for file in files.iter() {
             let day = file
                 .partition_values_map()
                 .remove(PARTITION_COLUMN)

@@ -4,6 +4,7 @@
 pub(crate) mod keys;
 pub(crate) mod ledger;
 pub(crate) mod log;
+pub(crate) mod policy;
 pub(crate) mod query;
 pub(crate) mod simulate;
 pub(crate) mod up;
@@ -24,7 +25,14 @@ pub(crate) fn load_config(global: &GlobalArgs) -> Result<TallyConfig> {
 
 /// Set up logging: human-readable text or one JSON object per line, to stderr.
 pub(crate) fn init_tracing(json: bool, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // The Delta kernel logs an ERROR when it probes a table that does not exist yet (the
+    // ledger then creates it); real failures surface as ledger errors, so mute the probe.
+    let filter = if filter.contains("buoyant_kernel") {
+        filter.to_owned()
+    } else {
+        format!("{filter},buoyant_kernel::snapshot::builder=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

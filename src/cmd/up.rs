@@ -109,10 +109,9 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
                 axum::routing::get(move || {
                     let ready = ready.clone();
                     async move {
-                        match ready.status().await {
-                            Ok(s) if s.last_error.is_none() => (axum::http::StatusCode::OK, "ready".to_owned()),
-                            Ok(s) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, s.last_error.unwrap_or_default()),
-                            Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                        match ready.last_error() {
+                            None => (axum::http::StatusCode::OK, "ready".to_owned()),
+                            Some(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}")),
                         }
                     }
                 }),
@@ -132,6 +131,34 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
             ProxyState::new(cfg.proxy.clone(), cfg.instance_name(), sink)
                 .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
         );
+        // Counters are a projection of events: fold the usage in the log back in, so a
+        // restart resets no budget and no window.
+        let mut pos = Position::START;
+        let mut folded = 0u64;
+        loop {
+            let records = log.read(pos, 10_000)?;
+            let Some(last) = records.last() else { break };
+            pos = last.next;
+            for r in &records {
+                if let Ok(tally_events::Event::Usage(u)) = tally_events::decode(&r.payload) {
+                    state.policy.rebuild(&u);
+                    folded += 1;
+                }
+            }
+        }
+        if folded > 0 {
+            tracing::info!(usage_events = folded, "policy counters rebuilt from the event log");
+        }
+        let sweeper = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    state.policy.sweep(tally_events::Timestamp::now());
+                }
+            })
+        };
         let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
         let addr = listener.local_addr()?;
         println!("tally proxy listening on http://{addr}");
@@ -153,6 +180,7 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<
         while state.stats.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        sweeper.abort();
         drop(state);
         match tokio::time::timeout(Duration::from_secs(10), sink_task.finish()).await {
             Ok(Ok(())) => tracing::info!("event log flushed"),
