@@ -43,22 +43,13 @@ impl RequestCtx {
 
     /// A denial decision with a reason a person can act on.
     pub(crate) fn denial(&self, rule: &str, kind: RuleKind, reason: String) -> DecisionEvent {
-        DecisionEvent {
-            header: self.header(&self.request_id),
-            outcome: Outcome::Deny,
-            rule: rule.to_owned(),
-            rule_kind: kind,
-            counter_key: None,
-            counter_value: None,
-            counter_limit: None,
-            counter_unit: None,
-            window_start: None,
-            window_end: None,
-            reset_at: None,
-            reserved_tokens: None,
-            reserved_cost_micros: None,
+        DecisionEvent::new(
+            self.header(&self.request_id),
+            Outcome::Deny,
+            rule,
+            kind,
             reason,
-        }
+        )
     }
 
     /// The usage event of a request that was never forwarded.

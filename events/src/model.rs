@@ -298,6 +298,35 @@ pub struct DecisionEvent {
     pub reason: String,
 }
 
+impl DecisionEvent {
+    /// A decision with no counter details (access and validation rules); counter fields
+    /// can be filled in afterwards.
+    pub fn new(
+        header: EventHeader,
+        outcome: Outcome,
+        rule: &str,
+        rule_kind: RuleKind,
+        reason: String,
+    ) -> Self {
+        Self {
+            header,
+            outcome,
+            rule: rule.to_owned(),
+            rule_kind,
+            counter_key: None,
+            counter_value: None,
+            counter_limit: None,
+            counter_unit: None,
+            window_start: None,
+            window_end: None,
+            reset_at: None,
+            reserved_tokens: None,
+            reserved_cost_micros: None,
+            reason,
+        }
+    }
+}
+
 /// What one forwarded (or denied) request consumed. One per attempt.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct UsageEvent {

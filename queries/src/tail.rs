@@ -208,22 +208,13 @@ mod tests {
     }
 
     fn decision(request_id: &str) -> Event {
-        Event::Decision(DecisionEvent {
-            header: EventHeader::new("gw", request_id, "acme"),
-            outcome: tally_events::Outcome::Allow,
-            rule: "default".into(),
-            rule_kind: tally_events::RuleKind::Default,
-            counter_key: None,
-            counter_value: None,
-            counter_limit: None,
-            counter_unit: None,
-            window_start: None,
-            window_end: None,
-            reset_at: None,
-            reserved_tokens: None,
-            reserved_cost_micros: None,
-            reason: "no rule matched".into(),
-        })
+        Event::Decision(DecisionEvent::new(
+            EventHeader::new("gw", request_id, "acme"),
+            tally_events::Outcome::Allow,
+            "default",
+            tally_events::RuleKind::Default,
+            "no rule matched".into(),
+        ))
     }
 
     async fn append(log: &SegmentLog, e: &Event) -> Position {

@@ -309,22 +309,7 @@ fn decision(
     let mut h = header.clone();
     h.event_id = EventId::new();
     h.occurred_at = now;
-    DecisionEvent {
-        header: h,
-        outcome,
-        rule: rule.name.to_string(),
-        rule_kind: rule.kind(),
-        counter_key: None,
-        counter_value: None,
-        counter_limit: None,
-        counter_unit: None,
-        window_start: None,
-        window_end: None,
-        reset_at: None,
-        reserved_tokens: None,
-        reserved_cost_micros: None,
-        reason,
-    }
+    DecisionEvent::new(h, outcome, &rule.name, rule.kind(), reason)
 }
 
 fn shadow(reason: &str) -> String {
