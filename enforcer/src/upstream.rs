@@ -26,8 +26,18 @@ pub fn client(config: &ProxyConfig) -> HttpClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+    // An explicit crypto provider: dependencies may enable more than one rustls backend,
+    // and the process-wide default is then ambiguous.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_provider_and_webpki_roots(provider) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "TLS setup failed; upstreams must use http://");
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+        }
+    };
+    let https = builder
         .https_or_http()
         .enable_http1()
         .enable_http2()
