@@ -51,8 +51,6 @@ enum Command {
     /// upstream points at it, and keys of the form `dev-<tenant>-<anything>` are accepted:
     /// no provider account or configuration needed.
     Up(cmd::up::UpArgs),
-    /// Run only the enforcer (proxy) against the configured event log.
-    Enforcer(cmd::up::UpArgs),
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
     Simulate {
         /// Address to listen on.
@@ -135,8 +133,7 @@ fn main() -> ExitCode {
         &cli.global.log_filter,
     );
     let result = match cli.command {
-        Command::Up(args) => cmd::up::run(&cli.global, args, true),
-        Command::Enforcer(args) => cmd::up::run(&cli.global, args, false),
+        Command::Up(args) => cmd::up::run(&cli.global, args),
         Command::Simulate { listen } => cmd::simulate::run(&cli.global, listen),
         Command::Log(c) => cmd::log::run(&cli.global, c),
         Command::Keys(c) => cmd::keys::run(c),

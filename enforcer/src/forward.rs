@@ -60,7 +60,7 @@ impl Forward {
         key_location: Option<KeyLocation>,
         endpoint: Endpoint,
         info: RequestInfo,
-        reservation: Reservation,
+        reservation: Option<Reservation>,
     ) -> Self {
         let mut f = Self::new(
             ctx,
@@ -69,7 +69,7 @@ impl Forward {
             key_location,
             Target::Provider { endpoint, info },
         );
-        f.reservation = Some(reservation);
+        f.reservation = reservation;
         f
     }
 

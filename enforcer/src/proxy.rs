@@ -23,7 +23,7 @@ use crate::config::{ProxyConfig, UnknownPaths};
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::{self, Forward};
 use crate::keys::{self, KeyStore};
-use crate::policy::{PolicyEngine, PolicySet, RequestAttrs, Verdict};
+use crate::policy::{PolicyEngine, PolicySet, RequestAttrs, Reservation, Verdict};
 use crate::pricing::PriceTable;
 use crate::providers;
 use crate::sink::EventSink;
@@ -272,59 +272,14 @@ async fn handle_inner(
             started,
         );
     }
-    // Policies: access rules, rate limits and caps, with reservations.
-    let max_output = info
-        .max_output_tokens
-        .unwrap_or(state.config.default_max_output_tokens);
-    let attrs = RequestAttrs {
-        tenant: ctx.tenant.clone(),
-        key_id: ctx.api_key_id.clone(),
-        labels: ctx.labels.clone(),
-        provider: ctx.provider,
-        route: ctx.route,
-        model: ctx.model_requested.clone(),
-        headers: policy_headers(&parts.headers),
-        estimated_input_tokens: info.estimated_input_tokens,
-        max_output_tokens: max_output,
-        estimated_cost_micros: ctx.model_requested.as_deref().and_then(|m| {
-            let tokens = tally_events::TokenCounts {
-                input_tokens: info.estimated_input_tokens,
-                output_tokens: max_output,
-                ..Default::default()
-            };
-            state.prices.cost_micros(m, &tokens, false)
-        }),
-    };
-    let evaluation = state
-        .policy
-        .evaluate(&attrs, &ctx.header(request_id), Timestamp::now());
-    for d in evaluation.decisions {
-        state.sink.emit_always(d.into()).await;
-    }
-    let reservation = match evaluation.verdict {
-        Verdict::Allow(r) => r,
-        Verdict::Deny {
-            rule,
-            status,
-            message,
-            retry_after_secs,
-        } => {
-            state.stats.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(rule, status, %message, "request denied by policy");
-            state
-                .sink
-                .emit_always(ctx.denied_usage(status).into())
-                .await;
-            let mut resp =
-                error_response(provider, ErrorKind::Denied, &message, request_id, started);
-            *resp.status_mut() =
-                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-            if let Some(secs) = retry_after_secs
-                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-            {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
-            return resp;
+    // Policies: access rules, rate limits and caps, with reservations. Nothing to do
+    // (and nothing to compute) without a policy.
+    let reservation = if state.policy.policy().is_empty() {
+        None
+    } else {
+        match apply_policy(state, &ctx, &parts.headers, &info, request_id, started).await {
+            Ok(r) => Some(r),
+            Err(denied) => return denied,
         }
     };
     forward::start(
@@ -420,6 +375,77 @@ pub(crate) async fn await_head(
 impl From<ProxyError> for std::io::Error {
     fn from(e: ProxyError) -> Self {
         std::io::Error::other(e.to_string())
+    }
+}
+
+/// Evaluate the policy for a request: emit its decisions, and either reserve (Ok) or
+/// build the denial response (Err).
+async fn apply_policy(
+    state: &ProxyState,
+    ctx: &RequestCtx,
+    headers: &http::HeaderMap,
+    info: &providers::RequestInfo,
+    request_id: &str,
+    started: Instant,
+) -> Result<Reservation, Response<ProxyBody>> {
+    let max_output = info
+        .max_output_tokens
+        .unwrap_or(state.config.default_max_output_tokens);
+    let attrs = RequestAttrs {
+        tenant: ctx.tenant.clone(),
+        key_id: ctx.api_key_id.clone(),
+        labels: ctx.labels.clone(),
+        provider: ctx.provider,
+        route: ctx.route,
+        model: ctx.model_requested.clone(),
+        headers: policy_headers(headers),
+        estimated_input_tokens: info.estimated_input_tokens,
+        max_output_tokens: max_output,
+        estimated_cost_micros: ctx.model_requested.as_deref().and_then(|m| {
+            let tokens = tally_events::TokenCounts {
+                input_tokens: info.estimated_input_tokens,
+                output_tokens: max_output,
+                ..Default::default()
+            };
+            state.prices.cost_micros(m, &tokens, false)
+        }),
+    };
+    let evaluation = state
+        .policy
+        .evaluate(&attrs, &ctx.header(request_id), Timestamp::now());
+    for d in evaluation.decisions {
+        state.sink.emit_always(d.into()).await;
+    }
+    match evaluation.verdict {
+        Verdict::Allow(r) => Ok(r),
+        Verdict::Deny {
+            rule,
+            status,
+            message,
+            retry_after_secs,
+        } => {
+            state.stats.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(rule, status, %message, "request denied by policy");
+            state
+                .sink
+                .emit_always(ctx.denied_usage(status).into())
+                .await;
+            let mut resp = error_response(
+                ctx.provider,
+                ErrorKind::Denied,
+                &message,
+                request_id,
+                started,
+            );
+            *resp.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            if let Some(secs) = retry_after_secs
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            Err(resp)
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `tally up` / `tally enforcer`: the embedded stack. Opens the local event log, starts
+//! `tally up`: the embedded stack. Opens the local event log, starts
 //! the event sink and the proxy (and, with --dev, the simulator as every upstream), and
 //! shuts down gracefully on Ctrl-C / SIGTERM: stop accepting, drain in-flight requests,
 //! flush the log.
@@ -42,7 +42,7 @@ pub(crate) struct UpArgs {
     drain_seconds: u64,
 }
 
-pub(crate) fn run(global: &GlobalArgs, args: UpArgs, _embedded: bool) -> Result<()> {
+pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     let mut cfg = super::load_config(global)?;
     if let Some(l) = args.listen {
         cfg.proxy.listen = l;
