@@ -157,3 +157,46 @@ rules:
         "{d:?}"
     );
 }
+
+#[tokio::test]
+async fn shadow_rules_deny_nothing_and_record_the_would_be_denials() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = policy_file(
+        dir.path(),
+        r#"
+rules:
+  - name: acme-rpm-trial
+    action: rate-limit
+    limit: 3
+    window: 1m
+    mode: shadow
+"#,
+    );
+    let h = harness(|c| c.policy_file = Some(file)).await;
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let resp = h.chat(body.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "shadow mode never denies");
+        ids.push(request_id(&resp));
+        let _ = resp.bytes().await;
+    }
+    for id in &ids {
+        h.wait_usage(id, 1).await;
+    }
+    let shadow: Vec<_> = ids
+        .iter()
+        .flat_map(|id| h.decisions_for(id))
+        .filter(|d| d.outcome == Outcome::ShadowDeny)
+        .collect();
+    assert_eq!(
+        shadow.len(),
+        3,
+        "requests 4..6 would have been denied: {shadow:?}"
+    );
+    assert!(
+        shadow
+            .iter()
+            .all(|d| d.rule == "acme-rpm-trial" && d.counter_limit == Some(3))
+    );
+}
