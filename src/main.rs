@@ -32,8 +32,14 @@ struct GlobalArgs {
     /// Log output format.
     #[arg(long, global = true, env = "TALLY_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
-    /// Log filter, e.g. `info` or `tally_enforcer=debug` (RUST_LOG syntax).
-    #[arg(long, global = true, env = "TALLY_LOG_FILTER", default_value = "info")]
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `warn,tally_enforcer=debug`. The default
+    /// logs tally at info and its dependencies at warn.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_LOG_FILTER",
+        default_value = "warn,tally=info,tally_events=info,tally_enforcer=info,tally_ledger=info,tally_queries=info,tally_simulator=info"
+    )]
     log_filter: String,
 }
 
