@@ -176,15 +176,7 @@ impl Attempt<'_> {
         let event = outcome.into_event(self.ctx, Some(&self.state.prices));
         {
             let mut spent = self.spent.lock();
-            let t = &mut spent.tokens;
-            let u = &event.tokens;
-            t.input_tokens += u.input_tokens;
-            t.cached_input_tokens += u.cached_input_tokens;
-            t.cache_write_tokens += u.cache_write_tokens;
-            t.output_tokens += u.output_tokens;
-            t.reasoning_tokens += u.reasoning_tokens;
-            t.audio_input_tokens += u.audio_input_tokens;
-            t.audio_output_tokens += u.audio_output_tokens;
+            spent.tokens.add(&event.tokens);
             spent.cost_micros = spent.cost_micros.saturating_add(event.cost_micros);
         }
         tracing::info!(

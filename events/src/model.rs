@@ -387,6 +387,25 @@ impl TokenCounts {
     pub fn total(&self) -> u64 {
         self.input_tokens.saturating_add(self.output_tokens)
     }
+
+    /// Add another set of figures to these, kind by kind (saturating).
+    pub fn add(&mut self, other: &TokenCounts) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_add(other.cached_input_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
+        self.audio_input_tokens = self
+            .audio_input_tokens
+            .saturating_add(other.audio_input_tokens);
+        self.audio_output_tokens = self
+            .audio_output_tokens
+            .saturating_add(other.audio_output_tokens);
+    }
 }
 
 /// Amends an earlier event without touching it: the figures present here replace the

@@ -135,7 +135,7 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         // restart resets no budget and no window.
         let mut pos = Position::START;
         let mut folded = 0u64;
-        loop {
+        while !state.policy.policy().is_empty() {
             let records = log.read(pos, 10_000)?;
             let Some(last) = records.last() else { break };
             pos = last.next;

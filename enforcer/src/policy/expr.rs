@@ -323,36 +323,32 @@ impl CompiledExpr {
 
     /// Evaluate to a bool.
     pub(crate) fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
-        match self.program.execute(&act.ctx) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(v) => Err(EvalError(format!(
-                "`{}` returned a {} instead of a bool",
-                self.source,
-                v.type_of()
-            ))),
-            Err(e) => Err(EvalError(format!(
-                "`{}` failed: {}",
-                self.source,
-                describe(&e)
-            ))),
+        match self.execute(act)? {
+            Value::Bool(b) => Ok(b),
+            v => Err(self.wrong_type(&v, "bool")),
         }
     }
 
     /// Evaluate to a string.
     pub(crate) fn eval_string(&self, act: &Activation<'_>) -> Result<String, EvalError> {
-        match self.program.execute(&act.ctx) {
-            Ok(Value::String(s)) => Ok(s.as_str().to_owned()),
-            Ok(v) => Err(EvalError(format!(
-                "`{}` returned a {} instead of a string",
-                self.source,
-                v.type_of()
-            ))),
-            Err(e) => Err(EvalError(format!(
-                "`{}` failed: {}",
-                self.source,
-                describe(&e)
-            ))),
+        match self.execute(act)? {
+            Value::String(s) => Ok(s.as_str().to_owned()),
+            v => Err(self.wrong_type(&v, "string")),
         }
+    }
+
+    fn execute(&self, act: &Activation<'_>) -> Result<Value, EvalError> {
+        self.program
+            .execute(&act.ctx)
+            .map_err(|e| EvalError(format!("`{}` failed: {}", self.source, describe(&e))))
+    }
+
+    fn wrong_type(&self, v: &Value, expected: &str) -> EvalError {
+        EvalError(format!(
+            "`{}` returned a {} instead of a {expected}",
+            self.source,
+            v.type_of()
+        ))
     }
 
     /// Whether the source is a plain variable or field path (`key_id`, `labels.team`),
