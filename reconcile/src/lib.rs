@@ -1,0 +1,7 @@
+//! tally's reconciler: imports what providers report and bill (usage and cost reports,
+//! from files or pulled from their admin APIs) into Delta tables, matches it against
+//! what the gateway counted, attributes every difference to a cause, and produces billing
+//! exports per tenant. Reads the ledger's tables through `tally-queries`; never writes
+//! to the event tables.
+
+pub mod model;
