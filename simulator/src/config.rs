@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::reports::ReportsConfig;
+
 /// How the simulator behaves. Every field has a default, so `{}` is a valid config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,6 +38,8 @@ pub struct SimConfig {
     pub cache_capacity: usize,
     /// Maximum number of served records kept in memory (oldest dropped first).
     pub served_capacity: usize,
+    /// Usage and cost report endpoints: identity maps and injected discrepancies.
+    pub reports: ReportsConfig,
 }
 
 impl Default for SimConfig {
@@ -53,6 +57,7 @@ impl Default for SimConfig {
             model_aliases: BTreeMap::new(),
             cache_capacity: 100_000,
             served_capacity: 1_000_000,
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -74,6 +79,14 @@ pub enum ConfigError {
         /// The offending field.
         field: &'static str,
     },
+    /// A value that does not parse or is out of range.
+    #[error("simulator config: {field}: {message}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl SimConfig {
@@ -93,7 +106,7 @@ impl SimConfig {
                 field: "chunk_tokens",
             });
         }
-        Ok(())
+        self.reports.validate()
     }
 
     /// The same config with every value forced into range.

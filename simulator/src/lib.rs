@@ -11,6 +11,7 @@
 //! | Anthropic | `POST /v1/messages`, `POST /v1/messages/count_tokens`, `GET /v1/models` (with an `anthropic-version` header) |
 //! | Gemini    | `POST /v1beta/models/{model}:generateContent`, `POST /v1beta/models/{model}:streamGenerateContent[?alt=sse]`, `GET /v1beta/models` |
 //! | simulator | `GET /_sim/served` (the served record as JSON) |
+//! | reports   | OpenAI `GET /v1/organization/usage/{completions,embeddings}`, `GET /v1/organization/costs`; Anthropic `GET /v1/organizations/usage_report/messages`, `GET /v1/organizations/cost_report`; `GET /_sim/reports/gcp-billing.csv` (see [`reports`]) |
 //!
 //! Everything is deterministic: input tokens are counted with tiktoken ([`count_tokens`]),
 //! output text is generated from a seed derived from the request body, and the reported
@@ -56,6 +57,7 @@ mod models;
 mod openai;
 mod prompt;
 mod record;
+pub mod reports;
 mod responses;
 mod server;
 mod sse;
@@ -63,5 +65,6 @@ mod tokens;
 
 pub use config::{ConfigError, SimConfig};
 pub use record::{Provider, ServedRecord};
+pub use reports::{ReportsConfig, api_key_id};
 pub use server::{SimHandle, Simulator, spawn};
 pub use tokens::{Encoding, count_tokens, encoding_for_model};

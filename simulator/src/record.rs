@@ -109,7 +109,7 @@ impl Recorder {
         }
     }
 
-    fn push(&self, rec: ServedRecord) {
+    pub(crate) fn push(&self, rec: ServedRecord) {
         let mut r = self.records.lock();
         if r.len() >= self.capacity {
             r.pop_front();

@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) cache: PromptCache,
     counter: AtomicU64,
     salt: u64,
+    /// Report requests received (request ids of report responses).
+    pub(crate) report_requests: AtomicU64,
+    /// Report requests that passed auth (drives `reports.rate_limit_every`).
+    pub(crate) report_requests_authorized: AtomicU64,
 }
 
 /// The provider simulator. Cheap to clone; clones share state (served record, prompt
@@ -57,6 +61,8 @@ impl Simulator {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ config.seed);
+        // The providers' price list is loaded at start, not on the first report.
+        crate::reports::load_prices();
         std::thread::spawn(|| {
             tokens::warm_up();
             generate::warm_up();
@@ -67,6 +73,8 @@ impl Simulator {
                 cache: PromptCache::new(config.cache_capacity),
                 counter: AtomicU64::new(0),
                 salt,
+                report_requests: AtomicU64::new(0),
+                report_requests_authorized: AtomicU64::new(0),
                 config,
             }),
         }
@@ -89,9 +97,20 @@ impl Simulator {
         self.shared.recorder.dropped()
     }
 
-    /// The axum router with every provider route and `GET /_sim/served`.
+    /// Appends records to the served log as if they had been served (e.g. a synthetic
+    /// month for the usage and cost reports). The log stays bounded by
+    /// `SimConfig::served_capacity`: the oldest records are evicted first.
+    pub fn push_served(&self, records: impl IntoIterator<Item = ServedRecord>) {
+        for r in records {
+            self.shared.recorder.push(r);
+        }
+    }
+
+    /// The axum router with every provider route, the usage and cost report routes and
+    /// `GET /_sim/served`.
     pub fn router(&self) -> Router {
         Router::new()
+            .merge(crate::reports::http::routes())
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
