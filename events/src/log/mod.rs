@@ -3,8 +3,12 @@
 //! the embedded default and the spool for Kafka outages; the Kafka log implements the
 //! same trait. Must not interpret payloads (they are opaque encoded events).
 
+#[cfg(feature = "kafka")]
+mod kafka;
 mod receipt;
 mod segment;
+#[cfg(feature = "kafka")]
+mod spool;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,6 +17,13 @@ use serde::{Deserialize, Serialize};
 
 pub use receipt::Receipt;
 pub use segment::{LogStats, SegmentLog};
+#[cfg(feature = "kafka")]
+pub use {
+    kafka::{
+        KafkaConfig, KafkaLog, KafkaReader, KafkaStats, RebalanceEvent, SpoolConfig, StartPositions,
+    },
+    spool::{SpoolStats, SpoolingLog},
+};
 
 /// A place in a log: the segment (or partition) and the byte offset within it.
 /// Ordered: every record's position is greater than its predecessors'.
@@ -120,6 +131,20 @@ pub enum LogError {
         "log.position: position {0} is not in the log (deleted by retention or beyond the end)"
     )]
     BadPosition(Position),
+    #[error("log.kafka_config: {0}. Fix the `kafka:` settings in tally.yaml")]
+    KafkaConfig(String),
+    #[error(
+        "log.kafka_unavailable: {0}. Check that kafka.brokers are reachable and the topic exists; with the outage spool, records are kept locally meanwhile"
+    )]
+    KafkaUnavailable(String),
+    #[error(
+        "log.kafka_rejected: {0}. The broker refused the record; check the topic's settings (max.message.bytes, ACLs) against kafka.spool.max_record_bytes"
+    )]
+    KafkaRejected(String),
+    #[error(
+        "log.spool_full: Kafka is not taking records and the outage spool already holds {bytes} bytes (kafka.spool.max_bytes = {max}). Restore the brokers or raise kafka.spool.max_bytes"
+    )]
+    SpoolFull { bytes: u64, max: u64 },
 }
 
 impl LogError {
@@ -131,6 +156,10 @@ impl LogError {
             LogError::RecordTooLarge { .. } => "log.record_too_large",
             LogError::Closed(_) => "log.closed",
             LogError::BadPosition(_) => "log.position",
+            LogError::KafkaConfig(_) => "log.kafka_config",
+            LogError::KafkaUnavailable(_) => "log.kafka_unavailable",
+            LogError::KafkaRejected(_) => "log.kafka_rejected",
+            LogError::SpoolFull { .. } => "log.spool_full",
         }
     }
 
