@@ -553,6 +553,14 @@ impl Shared {
             Err(e) => return Drain::Blocked(e.to_string()),
         };
         if batch.is_empty() {
+            if self.state.lock().pending_records > 0 {
+                return Drain::Idle; // spooled, not yet fsynced
+            }
+            // Nothing left to drain: go direct again only once Kafka answers (a hand-over
+            // the spool refused leaves it empty while Kafka may still be down).
+            if let Err(e) = self.kafka.probe(self.probe_timeout) {
+                return Drain::Blocked(e.to_string());
+            }
             let mut state = self.state.lock();
             if state.spooling && state.pending_records == 0 {
                 state.spooling = false;
