@@ -4,4 +4,17 @@
 //! exports per tenant. Reads the ledger's tables through `tally-queries`; never writes
 //! to the event tables.
 
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod figures;
+pub mod gateway;
+pub mod import;
+pub mod matcher;
 pub mod model;
+pub mod report;
+pub mod runs;
+pub mod tables;
+
+pub use error::ReconcileError;
+pub use tables::{ReconStore, UpsertSummary};

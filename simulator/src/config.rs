@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::reports::ReportsConfig;
 
 /// How the simulator behaves. Every field has a default, so `{}` is a valid config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// Total latency of a non-streaming response, in milliseconds.

@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Which wire format served a request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// OpenAI (chat completions, responses, completions, embeddings, models).

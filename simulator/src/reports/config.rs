@@ -10,7 +10,9 @@ use crate::config::ConfigError;
 use crate::record::Provider;
 
 /// Which model name a report shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportModel {
     /// The name the response reported: the dated snapshot for known aliases, as the
@@ -23,7 +25,7 @@ pub enum ReportModel {
 
 /// A provider price change for one model from a moment on (US dollars per million
 /// tokens, like `prices.yaml`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceChange {
     /// Model name: exact, or a family prefix followed by `-` (as in `prices.yaml`).
@@ -44,7 +46,7 @@ pub struct PriceChange {
 }
 
 /// A credit or refund: a negative cost line on one UTC day of one provider's cost report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credit {
     /// Whose cost report carries it.
@@ -59,7 +61,7 @@ pub struct Credit {
 
 /// Identity maps and injected discrepancies for the report endpoints. The default
 /// reports exactly what was served.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReportsConfig {
     /// OpenAI `api_key_id` (`key_…`) or Gemini key id (`gkey_…`) → project id.

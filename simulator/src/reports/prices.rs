@@ -101,12 +101,19 @@ fn matches(name: &str, model: &str) -> bool {
 
 /// The price of `model` at `at_micros`: the latest configured change in effect (the
 /// most specific model name wins among changes of the same moment), else the table's
-/// most specific entry, else none.
+/// most specific entry, else none. A change never reaches a more specific family: a
+/// change of `gpt-4o` applies to `gpt-4o-2024-08-06`, not to `gpt-4o-mini`.
 pub(crate) fn price_at(cfg: &ReportsConfig, model: &str, at_micros: i64) -> Option<Price> {
+    let family_len = table()
+        .keys()
+        .filter(|name| matches(name, model))
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
     let change = cfg
         .price_changes
         .iter()
-        .filter(|c| matches(&c.model, model))
+        .filter(|c| matches(&c.model, model) && c.model.len() >= family_len)
         .filter_map(|c| parse_moment(&c.effective_from).map(|t| (t, c)))
         .filter(|(t, _)| *t <= at_micros)
         .max_by_key(|(t, c)| (*t, c.model.len()));
@@ -166,5 +173,19 @@ mod tests {
         );
         // Another family is untouched.
         assert_eq!(price_at(&cfg, "gpt-4o", at).unwrap().input, 2_500_000);
+        // A change of a shorter family name stops at more specific families.
+        cfg.price_changes.push(PriceChange {
+            model: "gpt-4o".into(),
+            effective_from: "2026-10-15T12:00:00Z".into(),
+            input: 3.0,
+            cached_input: None,
+            cache_write: None,
+            output: 12.0,
+        });
+        assert_eq!(
+            price_at(&cfg, "gpt-4o-2024-08-06", at).unwrap().input,
+            3_000_000
+        );
+        assert_eq!(price_at(&cfg, "gpt-4o-mini", at).unwrap().input, 300_000);
     }
 }
