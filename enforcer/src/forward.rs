@@ -17,6 +17,7 @@ use hyper::body::{Frame, Incoming};
 use parking_lot::Mutex;
 use tally_events::{FinishState, Timestamp, TokenCounts};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::accounting::{AttemptOutcome, RequestCtx};
 use crate::config::OnClientAbort;
@@ -117,21 +118,26 @@ impl Forward {
 pub(crate) async fn start(state: Arc<ProxyState>, fwd: Forward) -> Response<ProxyBody> {
     let (tx, rx) = oneshot::channel();
     let ctx = fwd.ctx.clone();
-    tokio::spawn(async move {
-        state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut fwd = fwd;
-        let reservation = fwd.reservation.take();
-        let spent = Mutex::new(Spent::default());
-        run(&state, fwd, tx, reservation.as_ref(), &spent).await;
-        if let Some(r) = &reservation {
-            // Replace the reservation by what every attempt really used.
-            let spent = spent.lock();
-            state
-                .policy
-                .settle(r, &spent.tokens, spent.cost_micros, Timestamp::now());
+    // The request's span (request id, tenant, key id) follows it into the task.
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut fwd = fwd;
+            let reservation = fwd.reservation.take();
+            let spent = Mutex::new(Spent::default());
+            run(&state, fwd, tx, reservation.as_ref(), &spent).await;
+            if let Some(r) = &reservation {
+                // Replace the reservation by what every attempt really used.
+                let spent = spent.lock();
+                state
+                    .policy
+                    .settle(r, &spent.tokens, spent.cost_micros, Timestamp::now());
+            }
+            state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
-        state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    });
+        .instrument(span),
+    );
     await_head(rx, &ctx).await
 }
 

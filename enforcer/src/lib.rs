@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 mod forward;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod pricing;
 pub mod providers;
@@ -17,5 +18,6 @@ pub mod sink;
 pub mod upstream;
 
 pub use config::ProxyConfig;
+pub use metrics::EnforcerMetrics;
 pub use proxy::{ProxyState, new_request_id};
-pub use sink::{EventSink, SinkTask};
+pub use sink::{EventSink, SinkHealth, SinkTask};

@@ -23,6 +23,7 @@ use crate::config::{ProxyConfig, UnknownPaths};
 use crate::error::{ErrorKind, ProxyError};
 use crate::forward::{self, Forward};
 use crate::keys::{self, KeyStore};
+use crate::metrics::EnforcerMetrics;
 use crate::policy::{PolicyEngine, PolicySet, RequestAttrs, Reservation, Verdict};
 use crate::pricing::PriceTable;
 use crate::providers;
@@ -53,6 +54,8 @@ pub struct ProxyState {
     pub sink: EventSink,
     pub stats: ProxyStats,
     pub policy: PolicyEngine,
+    /// Metrics (shared with the sink, see [`EventSink::metrics`]).
+    pub metrics: Arc<EnforcerMetrics>,
 }
 
 impl ProxyState {
@@ -78,6 +81,7 @@ impl ProxyState {
             prices,
             config,
             instance,
+            metrics: sink.metrics().clone(),
             sink,
             stats: ProxyStats::default(),
         })
@@ -143,22 +147,29 @@ pub async fn handle(
     let started = Instant::now();
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let request_id = new_request_id();
-    let span = tracing::info_span!("request", request_id = %request_id, tenant = tracing::field::Empty, key = tracing::field::Empty);
-    let resp = handle_inner(&state, req, &request_id, started, &span)
+    let span = tracing::info_span!("request", request_id = %request_id, tenant = tracing::field::Empty, key_id = tracing::field::Empty);
+    let endpoint = providers::classify(req.method(), req.uri().path());
+    let (provider, route) = endpoint
+        .as_ref()
+        .map_or((None, None), |e| (Some(e.provider), Some(e.route)));
+    let resp = handle_inner(&state, req, endpoint, &request_id, started, &span)
         .instrument(span.clone())
         .await;
+    state
+        .metrics
+        .record_request(provider, route, resp.status().as_u16(), started.elapsed());
     Ok(resp)
 }
 
 async fn handle_inner(
     state: &Arc<ProxyState>,
     req: Request<Incoming>,
+    endpoint: Option<providers::Endpoint>,
     request_id: &str,
     started: Instant,
     span: &tracing::Span,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
-    let endpoint = providers::classify(&parts.method, parts.uri.path());
     let provider = endpoint.as_ref().map(|e| e.provider);
     let mut ctx = RequestCtx {
         request_id: request_id.to_owned(),
@@ -196,7 +207,7 @@ async fn handle_inner(
     };
     let key_location = found.map(|(_, loc)| loc);
     span.record("tenant", key.tenant.as_str());
-    span.record("key", key.key_id.as_str());
+    span.record("key_id", key.key_id.as_str());
     ctx.tenant = key.tenant;
     ctx.api_key_id = Some(key.key_id);
     ctx.labels = key.labels;

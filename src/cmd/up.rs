@@ -1,16 +1,20 @@
-//! `tally up`: the embedded stack. Opens the local event log, starts
-//! the event sink and the proxy (and, with --dev, the simulator as every upstream), and
-//! shuts down gracefully on Ctrl-C / SIGTERM: stop accepting, drain in-flight requests,
-//! flush the log.
+//! `tally up`: the embedded stack. Opens the local event log, starts the event sink, the
+//! ledger, the query servers, the operations endpoints (`ops`: health, readiness,
+//! metrics) and the proxy (and, with --dev, the simulator as every upstream), and shuts
+//! down gracefully on Ctrl-C / SIGTERM: stop accepting, drain in-flight requests and
+//! streams within `--drain-seconds`, flush the log (every receipt durable), let the
+//! ledger commit what is durable, exit 0. Wiring only: no behaviour of its own.
+
+mod ops;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tally_enforcer::{EventSink, ProxyState};
+use tally_enforcer::{EnforcerMetrics, EventSink, ProxyState};
 use tally_events::arrow::Table;
 use tally_events::log::{EventLog, Position, SegmentLog};
 
@@ -37,9 +41,13 @@ pub(crate) struct UpArgs {
     /// Postgres wire protocol listen address (overrides postgres.listen).
     #[arg(long, env = "TALLY_POSTGRES_LISTEN")]
     postgres_listen: Option<SocketAddr>,
-    /// Seconds to let in-flight requests finish on shutdown.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to let in-flight requests and streams finish on shutdown.
+    #[arg(long, env = "TALLY_DRAIN_SECONDS", default_value_t = 30)]
     drain_seconds: u64,
+    /// Add a `tenant` label to the token, cost and decision metrics (one series per
+    /// tenant: keep off unless tenants are few).
+    #[arg(long, env = "TALLY_METRICS_TENANT_LABEL")]
+    metrics_tenant_label: bool,
 }
 
 pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
@@ -76,7 +84,9 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("log.io: cannot create {}", log_dir.display()))?;
         let log = Arc::new(SegmentLog::open(&log_dir, &cfg.log)?);
-        let (sink, sink_task) = EventSink::start(log.clone() as Arc<dyn EventLog>, &cfg.proxy.event_queue);
+        let metrics = Arc::new(EnforcerMetrics::new(args.metrics_tenant_label));
+        let (sink, sink_task) =
+            EventSink::start_with_metrics(log.clone() as Arc<dyn EventLog>, &cfg.proxy.event_queue, metrics);
         // Ledger: tails the log into the Delta tables; queries see tables + uncommitted tail.
         let tables_root = cfg.tables_root();
         let ledger = tally_ledger::Ledger::open(cfg.ledger.clone(), &tables_root, log.clone() as Arc<dyn EventLog>)
@@ -84,9 +94,18 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             .context("opening the ledger")?;
         let handle = ledger.handle();
         let (ledger_stop, ledger_stopped) = tokio::sync::oneshot::channel::<()>();
-        let ledger_task = tokio::spawn(ledger.run(async move {
-            let _ = ledger_stopped.await;
-        }));
+        let ledger_ended = Arc::new(AtomicBool::new(false));
+        let ledger_task = {
+            let ended = ledger_ended.clone();
+            let run = ledger.run(async move {
+                let _ = ledger_stopped.await;
+            });
+            tokio::spawn(async move {
+                let result = run.await;
+                ended.store(true, Ordering::Relaxed);
+                result
+            })
+        };
         let positions = {
             let h = handle.clone();
             move |t: Table| h.committed_positions().get(&t).copied().unwrap_or(Position::START)
@@ -101,21 +120,33 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             .await
             .with_context(|| format!("admin.bind: cannot listen on {}", cfg.admin.listen))?;
         let admin_addr = admin.local_addr()?;
-        let ready = handle.clone();
-        let router = tally_queries::router(engine.clone())
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                axum::routing::get(move || {
-                    let ready = ready.clone();
-                    async move {
-                        match ready.last_error() {
-                            None => (axum::http::StatusCode::OK, "ready".to_owned()),
-                            Some(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}")),
-                        }
-                    }
-                }),
-            );
+        let state = Arc::new(
+            ProxyState::new(cfg.proxy.clone(), cfg.instance_name(), sink)
+                .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
+        );
+        let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
+        let addr = listener.local_addr()?;
+        let proxy_listening = Arc::new(AtomicBool::new(false));
+        let ops = {
+            let weak = Arc::downgrade(&state);
+            let probes = ops::Probes {
+                proxy_listening: proxy_listening.clone(),
+                proxy_addr: addr.to_string(),
+                sink: state.sink.health(),
+                log_dir: log_dir.clone(),
+                ledger: handle.clone(),
+                ledger_stopped: ledger_ended.clone(),
+                engine: engine.clone(),
+            };
+            Arc::new(ops::Ops::new(
+                probes,
+                tally_queries::Authenticator::new(&cfg.queries),
+                &state.sink,
+                log.clone(),
+                move || weak.upgrade().map_or(0.0, |s| s.stats.in_flight.load(Ordering::Relaxed) as f64),
+            ))
+        };
+        let router = tally_queries::router(engine.clone()).merge(ops::router(ops));
         let admin_task = tokio::spawn(async move { axum::serve(admin, router).await });
         let mut pg_task = None;
         let mut pg_addr = None;
@@ -127,10 +158,6 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             pg_task = Some(tokio::spawn(tally_queries::serve_postgres_on(engine.clone(), pg)));
         }
 
-        let state = Arc::new(
-            ProxyState::new(cfg.proxy.clone(), cfg.instance_name(), sink)
-                .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
-        );
         // Counters are a projection of events: fold the usage in the log back in, so a
         // restart resets no budget and no window.
         let mut pos = Position::START;
@@ -159,8 +186,6 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
                 }
             })
         };
-        let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
-        let addr = listener.local_addr()?;
         println!("tally proxy listening on http://{addr}");
         println!("tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
         if let Some(pg) = pg_addr {
@@ -174,11 +199,29 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             println!("      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
             println!("  admin token (dev): {DEV_ADMIN_TOKEN}");
         }
-        tally_enforcer::server::serve(listener, state.clone(), shutdown_signal(), Duration::from_secs(args.drain_seconds)).await?;
-        // Let forwarding tasks (streams being drained) finish, then flush every event.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.drain_seconds);
-        while state.stats.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        println!("  health: http://{admin_addr}/healthz, http://{admin_addr}/readyz; metrics: http://{admin_addr}/metrics (admin token)");
+        let drain = Duration::from_secs(args.drain_seconds);
+        let shutdown_at = Arc::new(OnceLock::new());
+        let signal = {
+            let (listening, at) = (proxy_listening.clone(), shutdown_at.clone());
+            async move {
+                shutdown_signal().await;
+                // Readiness fails from here on, so load balancers stop sending traffic.
+                listening.store(false, Ordering::Relaxed);
+                let _ = at.set(Instant::now());
+            }
+        };
+        proxy_listening.store(true, Ordering::Relaxed);
+        tally_enforcer::server::serve(listener, state.clone(), signal, drain).await?;
+        // One drain budget from the signal on: connections above, forwarding tasks here
+        // (a stream whose client left may still be read to the end for its usage).
+        let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + drain;
+        while state.stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = state.stats.in_flight.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(in_flight = left, ?drain, "drain deadline passed with requests still in flight");
         }
         sweeper.abort();
         drop(state);
