@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tally_events::log::LogConfig;
+use tally_events::log::{KafkaConfig, LogConfig};
 
 /// The whole configuration.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct TallyConfig {
     /// Where the event log and tables live (embedded mode).
@@ -20,6 +20,9 @@ pub(crate) struct TallyConfig {
     pub(crate) instance: Option<String>,
     /// The local event log.
     pub(crate) log: LogConfig,
+    /// The Kafka event log of split mode (`tally enforcer`, `tally ledger`, `tally serve`):
+    /// brokers, topic and outage spool. Absent (the default): the local event log.
+    pub(crate) kafka: Option<KafkaConfig>,
     /// The proxy: listener, upstreams, gateway keys, routes.
     pub(crate) proxy: tally_enforcer::ProxyConfig,
     /// The provider simulator (`tally simulate`, `tally up --dev`).
@@ -32,10 +35,13 @@ pub(crate) struct TallyConfig {
     pub(crate) admin: AdminConfig,
     /// The Postgres wire protocol listener.
     pub(crate) postgres: PostgresConfig,
+    /// Reconciliation against provider reports (`tally reconcile`): which provider keys
+    /// are the gateway's, model aliases, tolerances.
+    pub(crate) reconcile: tally_reconcile::config::ReconcileConfig,
 }
 
 /// The admin/SQL HTTP listener.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct AdminConfig {
     /// Address of the admin listener (`/v1/sql`, `/v1/why`, `/v1/usage`, `/healthz`).
@@ -51,7 +57,7 @@ impl Default for AdminConfig {
 }
 
 /// The Postgres wire protocol listener (psql, Grafana, Metabase).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct PostgresConfig {
     /// Serve the Postgres wire protocol.
@@ -75,12 +81,14 @@ impl Default for TallyConfig {
             data_dir: PathBuf::from("./tally-data"),
             instance: None,
             log: LogConfig::default(),
+            kafka: None,
             proxy: tally_enforcer::ProxyConfig::default(),
             simulator: tally_simulator::SimConfig::default(),
             ledger: tally_ledger::LedgerConfig::default(),
             queries: tally_queries::QueryConfig::default(),
             admin: AdminConfig::default(),
             postgres: PostgresConfig::default(),
+            reconcile: tally_reconcile::config::ReconcileConfig::default(),
         }
     }
 }
@@ -162,7 +170,8 @@ fn scalar(raw: &str) -> Value {
     serde_yaml_ng::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
 }
 
-fn merge(base: &mut Value, over: Value) {
+/// Overlay `over` onto `base`: mappings merge key by key, anything else replaces.
+pub(crate) fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {

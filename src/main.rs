@@ -128,6 +128,17 @@ enum Command {
     /// Manage gateway API keys.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// The configuration: reference of every setting, check a file, print the defaults.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+    /// Reconcile gateway usage with a provider's usage and cost reports for a period.
+    ///
+    /// Exits with status 3 when unexplained differences exceed tolerance, so it can gate
+    /// a scheduled job.
+    Reconcile(cmd::reconcile::ReconcileArgs),
+    /// Billing export of a period: CSV or JSONL line items, Stripe meter events or
+    /// CloudEvents, from the committed tables; `--close` freezes a period.
+    Export(cmd::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -168,6 +179,13 @@ fn main() -> ExitCode {
         } => cmd::query::top(&cli.global, by, dimension, limit, since, access),
         Command::Ledger(c) => cmd::ledger::run(&cli.global, c),
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Config(c) => cmd::config::run(c),
+        Command::Export(args) => cmd::export::run(&cli.global, args),
+        Command::Reconcile(args) => match cmd::reconcile::run(&cli.global, args) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

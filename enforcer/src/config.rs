@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tally_events::Provider;
 
 /// Settings of the proxy.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Address the proxy listens on.
@@ -158,12 +158,13 @@ impl ProxyConfig {
 }
 
 /// One named upstream.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Base URL, e.g. `https://api.openai.com` (paths are appended as received).
     pub base_url: String,
-    /// The API family it speaks.
+    /// The API family it speaks: `openai`, `anthropic` or `gemini`.
+    #[schemars(with = "String")]
     pub provider: Provider,
     /// Whose credentials reach the provider.
     #[serde(default)]
@@ -171,7 +172,7 @@ pub struct UpstreamConfig {
 }
 
 /// Provider credentials for an upstream.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Credentials {
     /// The client's provider key is forwarded as received (the gateway key then comes in
@@ -183,7 +184,7 @@ pub enum Credentials {
 }
 
 /// How one provider's traffic is routed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
     /// Primary upstream.
@@ -211,7 +212,7 @@ impl Default for RouteConfig {
 }
 
 /// A gateway API key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Key id written into events (not secret).
@@ -226,7 +227,9 @@ pub struct KeyConfig {
 }
 
 /// Handling of paths tally does not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownPaths {
     #[default]
@@ -235,7 +238,9 @@ pub enum UnknownPaths {
 }
 
 /// Handling of a client that disconnects mid-stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnClientAbort {
     #[default]
@@ -244,7 +249,7 @@ pub enum OnClientAbort {
 }
 
 /// The bounded queue in front of the event log.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventQueueConfig {
     /// Events held in memory at most.
@@ -264,7 +269,9 @@ impl Default for EventQueueConfig {
 }
 
 /// Behaviour of a full event queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     #[default]

@@ -17,7 +17,7 @@ pub const MIN_DEDUPE_HORIZON_HOURS: u64 = 48;
 /// Settings of the ledger. Every field has a default; unknown keys are rejected.
 /// (`Debug` shows the names of `storage_options`, never their values: they may be
 /// credentials.)
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
     /// Name of the event source this ledger consumes. The Delta application transaction

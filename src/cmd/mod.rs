@@ -1,11 +1,14 @@
 //! Subcommand implementations: each wires crates together for one CLI command. No
 //! business logic lives here.
 
+pub(crate) mod config;
+pub(crate) mod export;
 pub(crate) mod keys;
 pub(crate) mod ledger;
 pub(crate) mod log;
 pub(crate) mod policy;
 pub(crate) mod query;
+pub(crate) mod reconcile;
 pub(crate) mod simulate;
 pub(crate) mod up;
 

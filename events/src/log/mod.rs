@@ -65,7 +65,9 @@ pub struct Record {
 }
 
 /// When appended records are made durable (fsync) before being acknowledged.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Every acknowledged record has been fsynced (appends arriving together share one
@@ -77,7 +79,7 @@ pub enum FsyncPolicy {
 }
 
 /// Settings of the local segment log (`log:` in tally.yaml).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Directory of segment files. Default: `<data-dir>/log`.

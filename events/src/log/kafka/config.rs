@@ -22,7 +22,7 @@ const PINNED: &[&str] = &[
 ];
 
 /// Settings of the Kafka event log (`kafka:` in tally.yaml).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated `host:port`.
@@ -65,7 +65,7 @@ impl Default for KafkaConfig {
 }
 
 /// Settings of the local outage spool (`kafka.spool:` in tally.yaml).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpoolConfig {
     /// Directory of the spool. Default: `<data-dir>/spool`.
