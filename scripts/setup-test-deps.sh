@@ -21,4 +21,9 @@ fi
 if ! "$VENV/bin/python" -c 'import moto, pyarrow' >/dev/null 2>&1; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6' 'pyarrow>=15'
 fi
+# Helm's own chart engine (the Go SDK as a native library, no helm binary) to render and
+# lint deploy/helm/tally in tests/deploy.rs (through deploy/helm/render.py).
+if ! "$VENV/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'helm-python-sdk>=0.2.2,<0.3'
+fi
 echo "test dependencies ready (python clients in $VENV)"

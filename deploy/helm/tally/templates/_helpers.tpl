@@ -30,7 +30,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.existingSecret | default (include "tally.fullname" .) -}}
 {{- end -}}
 
-{{/* The pod spec shared by the three components; call with (dict "root" $ "component" "enforcer" "args" (list ...) "spec" .Values.enforcer). */}}
+{{/* The pod spec shared by the components; call with (dict "root" $ "component" "enforcer"
+     "args" (list ...) "ports" (list "proxy" "admin") "spec" .Values.enforcer), and
+     "persistent" true when the data volume comes from a volumeClaimTemplate. */}}
 {{- define "tally.podSpec" -}}
 {{- $root := .root -}}
 {{- with $root.Values.imagePullSecrets }}
@@ -53,6 +55,9 @@ containers:
         valueFrom:
           fieldRef:
             fieldPath: metadata.name
+      {{- with $root.Values.extraEnv }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
     envFrom:
       - secretRef:
           name: {{ include "tally.secretName" $root }}
@@ -92,6 +97,7 @@ volumes:
   - name: config
     configMap:
       name: {{ include "tally.fullname" $root }}
+  {{- if not .persistent }}
   - name: data
     {{- if .spec.spool }}
     emptyDir:
@@ -99,6 +105,7 @@ volumes:
     {{- else }}
     emptyDir: {}
     {{- end }}
+  {{- end }}
   - name: tmp
     emptyDir: {}
 {{- with $root.Values.nodeSelector }}
