@@ -1,12 +1,39 @@
-//! `tally ledger status`: lag, last commit and size of each table, read-only.
+//! `tally ledger`: run the materializer as its own process (split mode), compact and
+//! vacuum the tables, and show lag, last commit and size of each table. Wiring only: the
+//! work is `tally_ledger::Ledger`.
 
-use anyhow::Result;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use clap::Subcommand;
+use tally_events::log::EventLog;
+use tally_ledger::Ledger;
 
 use crate::GlobalArgs;
+use crate::config::TallyConfig;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum LedgerCommand {
+    /// Materialize the event log into the Delta tables until Ctrl-C / SIGTERM, as its own
+    /// process (one ledger per log and tables root: `tally up` runs its own). On a stop
+    /// signal the batch in hand is committed; anything later is committed on the next
+    /// start, and a crash at any moment neither loses nor duplicates an event.
+    Run {
+        /// Catch up to the log's end as of now (with progress), then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Compact small files of every table (also runs automatically in the background).
+    Optimize,
+    /// Delete files no table version references any more that are older than the
+    /// retention (default: ledger.vacuum_retention_hours).
+    Vacuum {
+        /// Retention in hours (at least 1: readers of older versions need their files).
+        #[arg(long)]
+        retention_hours: Option<u64>,
+    },
     /// Per table: committed log position, lag, last commit, files and bytes.
     Status {
         /// Print JSON instead of a table.
@@ -15,9 +42,69 @@ pub(crate) enum LedgerCommand {
     },
 }
 
+/// The ledger over the data directory's log, read-only: the log is written by the
+/// proxy's process, which also reclaims segments.
+async fn open(cfg: &TallyConfig) -> Result<Ledger> {
+    let log: Arc<dyn EventLog> = Arc::new(super::query::ReadOnlyLog::new(cfg.log_dir()));
+    Ledger::open(cfg.ledger.clone(), &cfg.tables_root(), log)
+        .await
+        .context("opening the ledger")
+}
+
+/// `\r`-rewritten progress of a catch-up on stderr.
+fn progress(done: u64, total: u64) {
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
+    eprint!("\rmaterializing: {done}/{total} records ({pct}%)   ");
+    let _ = std::io::stderr().flush();
+}
+
 pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
     let cfg = super::load_config(global)?;
     match cmd {
+        LedgerCommand::Run { once } => super::runtime()?.block_on(async move {
+            let mut ledger = open(&cfg).await?;
+            if once {
+                let s = ledger.catch_up(progress).await?;
+                eprintln!();
+                println!(
+                    "committed {} usage, {} decision and {} correction event(s); {} duplicate(s) dropped, {} undecodable; position {}",
+                    s.rows[0], s.rows[1], s.rows[2], s.duplicates, s.undecodable, s.end
+                );
+                return Ok(());
+            }
+            println!(
+                "tally ledger: {} -> {}",
+                cfg.log_dir().display(),
+                cfg.tables_root()
+            );
+            ledger
+                .run(super::up::shutdown_signal())
+                .await
+                .context("the ledger stopped with uncommitted records (committed on the next start)")
+        }),
+        LedgerCommand::Optimize => super::runtime()?.block_on(async move {
+            let mut ledger = open(&cfg).await?;
+            for s in ledger.optimize().await? {
+                println!(
+                    "{:<12} {} small file(s) compacted into {} in {} partition(s)",
+                    s.table, s.files_removed, s.files_added, s.partitions_optimized
+                );
+            }
+            Ok(())
+        }),
+        LedgerCommand::Vacuum { retention_hours } => super::runtime()?.block_on(async move {
+            if retention_hours == Some(0) {
+                anyhow::bail!(
+                    "ledger.vacuum: --retention-hours 0 would delete files that running queries still read; use 1 or more"
+                );
+            }
+            let mut ledger = open(&cfg).await?;
+            let retention = retention_hours.map(|h| Duration::from_secs(h * 3600));
+            for s in ledger.vacuum(retention).await? {
+                println!("{:<12} {} file(s) deleted", s.table, s.files_deleted);
+            }
+            Ok(())
+        }),
         LedgerCommand::Status { json } => super::runtime()?.block_on(async move {
             let root = cfg.tables_root();
             let log: std::sync::Arc<dyn tally_events::log::EventLog> =
