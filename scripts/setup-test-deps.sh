@@ -26,4 +26,9 @@ fi
 if ! "$VENV/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'helm-python-sdk>=0.2.2,<0.3'
 fi
+# Independent engines that must read the Delta tables (tests/interop.rs): delta-rs's
+# Python package and DuckDB.
+if ! "$VENV/bin/python" -c 'import deltalake, duckdb' >/dev/null 2>&1; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'deltalake>=1,<2' 'duckdb>=1.1,<3'
+fi
 echo "test dependencies ready (python clients in $VENV)"

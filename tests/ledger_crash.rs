@@ -12,14 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tally_events::log::{EventLog, LogConfig, SegmentLog};
-use tally_events::{
-    CorrectionEvent, DecisionEvent, Event, EventHeader, EventId, FinishState, Outcome, Provider,
-    Route, RuleKind, TokenCounts, UsageEvent, UsageSource,
-};
+mod common;
+
+use common::synth::write_events;
 
 const KILLS: usize = 22;
-const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
 /// xorshift64*: a small deterministic generator for the kill schedule.
 struct Rng(u64);
@@ -35,125 +32,6 @@ impl Rng {
     fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo)
     }
-}
-
-fn header(i: u64) -> EventHeader {
-    let tenant = TENANTS[(i % 3) as usize];
-    let mut h = EventHeader::new("gw-crash", &format!("req-{i}"), tenant);
-    h.api_key_id = Some(format!("key-{}", i % 7));
-    h.provider = Some(Provider::Openai);
-    h.route = Some(Route::Chat);
-    h.model_requested = Some("gpt-4o-mini".into());
-    h
-}
-
-fn usage(i: u64) -> Event {
-    Event::Usage(UsageEvent {
-        header: header(i),
-        upstream: Some("openai".into()),
-        status_code: Some(200),
-        streamed: i.is_multiple_of(2),
-        finish_state: FinishState::Completed,
-        tokens: TokenCounts {
-            input_tokens: 100 + i % 97,
-            cached_input_tokens: i % 13,
-            output_tokens: 20 + i % 31,
-            ..TokenCounts::default()
-        },
-        usage_source: UsageSource::ProviderReported,
-        cost_micros: 50 + (i % 101) as i64,
-        price_version: Some("test".into()),
-        latency_ms: 10,
-        ttft_ms: None,
-        retry_attempt: 0,
-        retry_of: None,
-    })
-}
-
-fn decision(i: u64) -> Event {
-    Event::Decision(DecisionEvent::new(
-        header(i),
-        Outcome::Deny,
-        "per-key-rpm",
-        RuleKind::RateLimit,
-        "key over its request rate".into(),
-    ))
-}
-
-fn correction(i: u64, corrects: EventId) -> Event {
-    Event::Correction(CorrectionEvent {
-        header: header(i),
-        corrects_event_id: corrects,
-        reason: "provider report differs".into(),
-        input_tokens: Some(1),
-        cached_input_tokens: None,
-        cache_write_tokens: None,
-        output_tokens: None,
-        reasoning_tokens: None,
-        cost_micros: Some(3),
-        price_version: None,
-        usage_source: Some(UsageSource::Mixed),
-    })
-}
-
-/// What was written: counts per type and usage sums.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Written {
-    usage: u64,
-    decisions: u64,
-    corrections: u64,
-    input: u64,
-    output: u64,
-    cost: u64,
-}
-
-/// Append `n` events in small bursts over about `spread`, resending every 50th record.
-fn write_events(dir: &Path, n: u64, spread: Duration) -> Written {
-    let log = SegmentLog::open(dir, &LogConfig::default()).unwrap();
-    let mut w = Written::default();
-    let mut last_usage = EventId::new();
-    let bursts = 100u64;
-    let per_burst = n / bursts;
-    let mut receipts = Vec::new();
-    for b in 0..bursts {
-        for j in 0..per_burst {
-            let i = b * per_burst + j;
-            let e = match i % 10 {
-                0..=6 => {
-                    let e = usage(i);
-                    if let Event::Usage(u) = &e {
-                        w.usage += 1;
-                        w.input += u.tokens.input_tokens;
-                        w.output += u.tokens.output_tokens;
-                        w.cost += u.cost_micros as u64;
-                        last_usage = u.header.event_id;
-                    }
-                    e
-                }
-                7 | 8 => {
-                    w.decisions += 1;
-                    decision(i)
-                }
-                _ => {
-                    w.corrections += 1;
-                    correction(i, last_usage)
-                }
-            };
-            let bytes = tally_events::encode(&e);
-            let tenant = e.header().tenant.clone();
-            receipts.push(log.append(&tenant, &bytes).unwrap());
-            if i.is_multiple_of(50) {
-                // A producer retry: the same event appended again.
-                receipts.push(log.append(&tenant, &bytes).unwrap());
-            }
-        }
-        std::thread::sleep(spread / bursts as u32);
-    }
-    for r in receipts {
-        r.wait().unwrap();
-    }
-    log.close().unwrap();
-    w
 }
 
 fn tally(data_dir: &Path) -> Command {
