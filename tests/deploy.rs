@@ -1006,6 +1006,32 @@ fn chart_embedded_mode_runs_tally_up_on_a_volume() {
     );
 }
 
+#[test]
+fn chart_values_in_the_deployment_guide_render() {
+    // docs/deployment.md's Helm values blocks (```yaml no-run: Helm values …).
+    let doc = std::fs::read_to_string(root().join("docs/deployment.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_start().starts_with("```yaml no-run: Helm values") {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            blocks.push(body.join("\n"));
+        }
+    }
+    assert!(
+        !blocks.is_empty(),
+        "docs/deployment.md shows no Helm values"
+    );
+    for body in blocks {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("values.yaml");
+        std::fs::write(&path, &body).unwrap();
+        let docs = render(&["-f", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("docs/deployment.md values do not render:\n{e}\n{body}"));
+        check_manifests(&docs);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Dockerfile
 
