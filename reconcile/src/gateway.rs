@@ -5,7 +5,7 @@
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, TimeUnit};
 use tally_events::Timestamp;
 use tally_queries::{Principal, QueryEngine, QueryError};
 
@@ -44,7 +44,7 @@ pub fn buckets_sql(
 ) -> String {
     format!(
         "SELECT upstream, COALESCE(model_served, model_requested, '') AS model,
-           CAST(date_bin(INTERVAL '{bucket_seconds} seconds', occurred_at, TIMESTAMP '1970-01-01T00:00:00Z') AS BIGINT) AS bucket,
+           date_bin(INTERVAL '{bucket_seconds} seconds', occurred_at, TIMESTAMP '1970-01-01T00:00:00Z') AS bucket,
            SUM(CASE WHEN ok THEN 1 ELSE 0 END) AS requests,
            SUM(CASE WHEN ok THEN input_tokens ELSE 0 END) AS input,
            SUM(CASE WHEN ok THEN cached_input_tokens ELSE 0 END) AS cached,
@@ -55,7 +55,9 @@ pub fn buckets_sql(
            SUM(cost_micros) AS cost,
            SUM(CASE WHEN finish_state = 'client_aborted' THEN 1 ELSE 0 END) AS aborted,
            SUM(CASE WHEN finish_state IN ('upstream_error', 'timeout') THEN 1 ELSE 0 END) AS failed,
-           SUM(CASE WHEN retry_attempt > 0 THEN 1 ELSE 0 END) AS retries
+           SUM(CASE WHEN retry_attempt > 0 THEN 1 ELSE 0 END) AS retries,
+           SUM(CASE WHEN ok AND finish_state = 'client_aborted' AND usage_source <> 'provider_reported'
+                    THEN input_tokens ELSE 0 END) AS aborted_estimated_input
          FROM (SELECT *, COALESCE(status_code BETWEEN 200 AND 299, false) AS ok FROM usage_corrected
                WHERE provider = {p} AND occurred_at >= {s} AND occurred_at < {e}
                  AND finish_state <> 'denied' AND route IN ({r}))
@@ -71,7 +73,7 @@ pub fn buckets_sql(
 pub fn minutes_sql(provider: &str, start: Timestamp, end: Timestamp) -> String {
     format!(
         "SELECT upstream,
-           CAST(date_bin(INTERVAL '60 seconds', occurred_at, TIMESTAMP '1970-01-01T00:00:00Z') AS BIGINT) AS minute,
+           date_bin(INTERVAL '60 seconds', occurred_at, TIMESTAMP '1970-01-01T00:00:00Z') AS minute,
            COUNT(*) AS events
          FROM usage WHERE provider = {p} AND occurred_at >= {s} AND occurred_at < {e}
          GROUP BY 1, 2",
@@ -103,7 +105,7 @@ pub async fn gateway_side(
     let mut mins = Vec::new();
     for b in &minutes {
         let upstream = strings(b, 0)?;
-        let minute = ints(b, 1)?;
+        let minute = micros(b, 1)?;
         let events = ints(b, 2)?;
         for i in 0..b.num_rows() {
             mins.push(GatewayMinute {
@@ -119,14 +121,15 @@ pub async fn gateway_side(
 fn bucket_rows(b: &RecordBatch) -> Result<Vec<GatewayBucket>, QueryError> {
     let upstream = strings(b, 0)?;
     let model = strings(b, 1)?;
+    let start = micros(b, 2)?;
     let cols: Vec<Vec<i64>> = (2..b.num_columns())
-        .map(|i| ints(b, i))
+        .map(|i| if i == 2 { Ok(Vec::new()) } else { ints(b, i) })
         .collect::<Result<_, _>>()?;
     Ok((0..b.num_rows())
         .map(|i| GatewayBucket {
             upstream: upstream[i].clone(),
             model: model[i].clone().unwrap_or_default(),
-            bucket_start: cols[0][i],
+            bucket_start: start[i],
             figures: Figures {
                 requests: cols[1][i],
                 input: cols[2][i],
@@ -140,6 +143,7 @@ fn bucket_rows(b: &RecordBatch) -> Result<Vec<GatewayBucket>, QueryError> {
             aborted: cols[9][i],
             failed: cols[10][i],
             retries: cols[11][i],
+            aborted_estimated_input: cols[12][i],
         })
         .collect())
 }
@@ -153,6 +157,35 @@ fn strings(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>, QueryError>
         .ok_or_else(|| QueryError::Internal(format!("column {i} is not a string")))?;
     Ok((0..a.len())
         .map(|j| (!a.is_null(j)).then(|| a.value(j).to_owned()))
+        .collect())
+}
+
+/// A timestamp column as µs since the epoch, whatever unit the engine produced
+/// (`date_bin` follows its origin's unit, nanoseconds for a timestamp literal).
+fn micros(b: &RecordBatch, i: usize) -> Result<Vec<i64>, QueryError> {
+    let internal = |e: arrow::error::ArrowError| QueryError::Internal(e.to_string());
+    let col = match b.column(i).data_type() {
+        DataType::Timestamp(..) => cast(
+            &cast(
+                b.column(i),
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )
+            .map_err(internal)?,
+            &DataType::Int64,
+        )
+        .map_err(internal)?,
+        other => {
+            return Err(QueryError::Internal(format!(
+                "column {i} is {other}, not a timestamp"
+            )));
+        }
+    };
+    let a = col
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| QueryError::Internal(format!("column {i} is not a timestamp")))?;
+    Ok((0..a.len())
+        .map(|j| if a.is_null(j) { 0 } else { a.value(j) })
         .collect())
 }
 

@@ -61,6 +61,9 @@ pub struct GatewayBucket {
     pub failed: i64,
     /// Attempts that were retries of an earlier one.
     pub retries: i64,
+    /// Input tokens of client-aborted streams whose usage the gateway estimated (the
+    /// stream was cancelled before the provider's final usage arrived).
+    pub aborted_estimated_input: i64,
 }
 
 /// Gateway events per minute and upstream (for gap evidence).
@@ -214,6 +217,7 @@ impl Reconciliation {
 #[derive(Clone, Copy, Debug, Default)]
 struct GatewayEvidence {
     aborted: i64,
+    aborted_estimated_input: i64,
     failed: i64,
     retries: i64,
 }
@@ -224,6 +228,8 @@ struct Cell {
     provider: Figures,
     /// Whether the provider reported request counts for this cell.
     provider_requests_known: bool,
+    /// Whether the provider reported anything for this cell.
+    provider_rows: bool,
     evidence: GatewayEvidence,
 }
 
@@ -275,6 +281,7 @@ pub fn reconcile(inputs: &Inputs, config: &ReconcileConfig, prices: &PriceTable)
         let c = cells.entry(key).or_default();
         c.gateway += g.figures;
         c.evidence.aborted += g.aborted;
+        c.evidence.aborted_estimated_input += g.aborted_estimated_input;
         c.evidence.failed += g.failed;
         c.evidence.retries += g.retries;
         gateway_recorded += g.recorded_cost_micros;
@@ -323,6 +330,7 @@ pub fn reconcile(inputs: &Inputs, config: &ReconcileConfig, prices: &PriceTable)
             .or_default();
         c.provider += figures;
         c.provider_requests_known |= row.requests.is_some();
+        c.provider_rows = true;
     }
     for ((reported, model), (buckets, first, last)) in &aliases {
         findings.push(Finding {
@@ -343,9 +351,12 @@ pub fn reconcile(inputs: &Inputs, config: &ReconcileConfig, prices: &PriceTable)
     // Differences per cell, then the token rules.
     let minutes = gap_index(inputs, &gateway_account);
     let mut diffs: BTreeMap<CellKey, Figures> = BTreeMap::new();
+    // A provider whose report counts requests (OpenAI) counted none where it has no row;
+    // one that never reports requests (Anthropic) says nothing about them.
+    let provider_counts_requests = inputs.provider_usage.iter().any(|r| r.requests.is_some());
     for (k, c) in &cells {
         let mut d = c.provider - c.gateway;
-        if !c.provider_requests_known {
+        if !c.provider_requests_known && (c.provider_rows || !provider_counts_requests) {
             d.requests = 0;
         }
         if !d.is_zero() {
@@ -424,28 +435,41 @@ pub fn reconcile(inputs: &Inputs, config: &ReconcileConfig, prices: &PriceTable)
             d.cached = 0;
             d.cache_write = 0;
         }
-        // Rule 5: extra output only, aborted streams seen.
+        // Rule 5: extra output only, aborted streams seen. A stream cancelled before the
+        // provider's final usage carries the gateway's estimate of its input, so an input
+        // difference no larger than those estimates goes with it.
+        let estimate_gap = d.input != 0 && d.input.abs() <= ev.aborted_estimated_input;
         if ev.aborted > 0
             && d.output > 0
             && d.requests == 0
-            && d.input == 0
+            && (d.input == 0 || estimate_gap)
             && d.cached == 0
             && d.cache_write == 0
         {
             let part = Figures {
+                input: d.input,
                 output: d.output,
                 audio_output: d.audio_output,
                 ..Figures::default()
+            };
+            let input_note = if d.input != 0 {
+                format!(
+                    "; its input differs by {:+} from the gateway's estimate of {} token(s) (usage estimated when the stream was cancelled)",
+                    d.input, ev.aborted_estimated_input
+                )
+            } else {
+                String::new()
             };
             findings.push(finding(
                 Cause::AbortedStreamBilled,
                 k,
                 part,
                 format!(
-                    "{} stream(s) aborted by the client in this bucket; the provider bills {} more output tokens than were delivered",
+                    "{} stream(s) aborted by the client in this bucket; the provider bills {} more output tokens than were delivered{input_note}",
                     ev.aborted, d.output
                 ),
             ));
+            d.input = 0;
             d.output = 0;
             d.audio_output = 0;
         }
@@ -694,19 +718,21 @@ fn money_findings(
                 Cause::Unexplained
             };
             let evidence = if cause == Cause::StalePriceTable {
-                let ratio = if expected_pico != 0 {
+                // What tally's table gives for the provider's tokens: the gateway's plus
+                // the differences the token causes explain.
+                let tally_pico = expected_pico + attributed_pico;
+                let ratio = if tally_pico != 0 {
                     format!(
-                        "; the provider charged {:.4}× tally's prices for the same tokens",
-                        (diff_pico - attributed_pico + expected_pico) as f64 / expected_pico as f64
+                        "; the provider charged {:.4}× tally's prices",
+                        (i128::from(provider) * 1_000_000) as f64 / tally_pico as f64
                     )
                 } else {
                     String::new()
                 };
                 format!(
-                    "tokens match, money does not: provider {} µ$, tally's price table {} gives {} µ$ for the same tokens{ratio}",
-                    provider - attributed,
+                    "tokens match, money does not: provider {provider} µ$, tally's price table {} gives {} µ$ for the same tokens{ratio}",
                     prices.version(),
-                    expected
+                    pico_to_micros(tally_pico)
                 )
             } else if ok {
                 format!("rounding: {rest} µ$ left after the token causes, within tolerance")

@@ -25,7 +25,8 @@ pub(crate) struct ReconcileArgs {
     /// Provider to reconcile: openai, anthropic or gemini.
     #[arg(long)]
     provider: String,
-    /// Period: a UTC month `2026-10`, or UTC days `2026-10-01..2026-10-15` (both included).
+    /// Period: a UTC month `2026-10`, UTC days `2026-10-01..2026-10-15` (both included)
+    /// or one UTC day `2026-10-01`.
     #[arg(long)]
     period: String,
     /// Pull the provider's usage and cost reports from its admin API first (admin key
@@ -56,9 +57,14 @@ pub(crate) struct ReconcileArgs {
     no_store: bool,
 }
 
-/// The same period syntax as `tally export`: a UTC month or UTC days, both included.
+/// The same period syntax as `tally export`: a UTC month, UTC days (both included) or
+/// one UTC day.
 fn period(text: &str) -> Result<Period> {
-    let p = tally_reconcile::export::Period::parse(text)?;
+    use tally_reconcile::export::ExportError;
+    let p = tally_reconcile::export::Period::parse(text).map_err(|e| match e {
+        ExportError::Period(m) => anyhow::anyhow!("reconcile.period: {m}"),
+        other => anyhow::anyhow!(other),
+    })?;
     Ok(Period {
         start: Timestamp::from_micros(p.start_micros()),
         end: Timestamp::from_micros(p.end_micros()),

@@ -12,9 +12,10 @@ use serde::Serialize;
 use url::Url;
 
 use super::ExportError;
-use super::lines::{Figures, LineItem, LineKind, usd};
+use super::lines::{Figures, LineItem, LineKind};
 use super::period::Period;
 use super::read::{self, Versions};
+use crate::report::dollars;
 
 /// Gateway cost against provider cost for one provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -56,19 +57,19 @@ impl CheckReport {
         let _ = writeln!(s, "check {} ({})", self.period, self.versions);
         let _ = writeln!(
             s,
-            "  export: {} requests, {} input + {} output tokens, cost ${}",
+            "  export: {} requests, {} input + {} output tokens, cost {}",
             e.requests,
             e.input_tokens,
             e.output_tokens,
-            usd(e.cost_micros)
+            dollars(e.cost_micros)
         );
         let _ = writeln!(
             s,
-            "  ledger: {} requests, {} input + {} output tokens, cost ${}",
+            "  ledger: {} requests, {} input + {} output tokens, cost {}",
             l.requests,
             l.input_tokens,
             l.output_tokens,
-            usd(l.cost_micros)
+            dollars(l.cost_micros)
         );
         let _ = writeln!(
             s,
@@ -79,7 +80,7 @@ impl CheckReport {
                 "NO — the export does not add up to the ledger"
             }
         );
-        let _ = writeln!(s, "  billed to customers: ${}", usd(self.billed_micros));
+        let _ = writeln!(s, "  billed to customers: {}", dollars(self.billed_micros));
         if !self.provider_costs_available {
             let _ = writeln!(
                 s,
@@ -89,11 +90,11 @@ impl CheckReport {
         for p in &self.providers {
             let _ = writeln!(
                 s,
-                "  {}: gateway ${} provider ${} difference ${}",
+                "  {}: gateway {} provider {} difference {}",
                 p.provider,
-                usd(p.gateway_cost_micros),
-                usd(p.provider_cost_micros),
-                usd(p.difference_micros)
+                dollars(p.gateway_cost_micros),
+                dollars(p.provider_cost_micros),
+                dollars(p.difference_micros)
             );
         }
         s

@@ -1,5 +1,6 @@
-//! Billing periods: a UTC calendar month (`2026-10`) or an inclusive range of UTC days
-//! (`2026-10-01..2026-10-15`), as a half-open interval of instants; and the hour/day
+//! Billing periods: a UTC calendar month (`2026-10`), an inclusive range of UTC days
+//! (`2026-10-01..2026-10-15`) or one UTC day (`2026-10-01`), as a half-open interval of
+//! instants; and the hour/day
 //! buckets events are pre-aggregated in. Must not read data.
 
 use std::fmt;
@@ -32,10 +33,17 @@ fn midnight(d: NaiveDate) -> DateTime<Utc> {
 }
 
 impl Period {
-    /// Parse `YYYY-MM` (the whole UTC month) or `YYYY-MM-DD..YYYY-MM-DD` (both days
-    /// included).
+    /// Parse `YYYY-MM` (the whole UTC month), `YYYY-MM-DD..YYYY-MM-DD` (both days
+    /// included) or `YYYY-MM-DD` (one day, the same period as `D..D` and labelled so, so
+    /// both spellings export the same bytes).
     pub fn parse(s: &str) -> Result<Self, ExportError> {
         let s = s.trim();
+        let one_day = (s.len() == 10 && !s.contains(".."))
+            .then(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+            .flatten();
+        if let Some(d) = one_day {
+            return Self::parse(&format!("{d}..{d}"));
+        }
         if let Some((a, b)) = s.split_once("..") {
             let (first, last) = (day(a)?, day(b)?);
             if last < first {
@@ -54,7 +62,7 @@ impl Period {
         }
         let first = NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").map_err(|_| {
             ExportError::Period(format!(
-                "`{s}` is not a period; write a month (2026-10) or a day range (2026-10-01..2026-10-15)"
+                "`{s}` is not a period; write a month (2026-10), a day range (2026-10-01..2026-10-15) or a day (2026-10-01)"
             ))
         })?;
         let next = if first.month() == 12 {
@@ -160,6 +168,14 @@ mod tests {
         assert_eq!(p.end.to_rfc3339(), "2027-01-01T00:00:00+00:00");
         let p = Period::parse("2026-10-01..2026-10-15").unwrap();
         assert_eq!(p.end.to_rfc3339(), "2026-10-16T00:00:00+00:00");
+        let day = Period::parse("2026-10-31").unwrap();
+        assert_eq!(day, Period::parse("2026-10-31..2026-10-31").unwrap());
+        assert_eq!(day.label, "2026-10-31..2026-10-31");
+        assert_eq!(day.end.to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        assert_eq!(
+            Period::parse("2026-10-32").unwrap_err().code(),
+            "export.period"
+        );
         assert_eq!(
             Period::parse("2026-13").unwrap_err().code(),
             "export.period"
