@@ -4,24 +4,31 @@
 //! down gracefully on Ctrl-C / SIGTERM: stop accepting, drain in-flight requests and
 //! streams within `--drain-seconds`, flush the log (every receipt durable), let the
 //! ledger commit what is durable, exit 0. Wiring only: no behaviour of its own.
+//!
+//! [`Stack`] is the running stack as a value, so `tally demo` starts and stops the same
+//! thing `tally up --dev` does.
 
 mod ops;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tally_enforcer::{EnforcerMetrics, EventSink, ProxyState};
+use tally_enforcer::{EnforcerMetrics, EventSink, ProxyState, SinkTask};
 use tally_events::arrow::Table;
 use tally_events::log::{EventLog, Position, SegmentLog};
+use tally_queries::QueryEngine;
+use tokio::task::JoinHandle;
 
 use crate::GlobalArgs;
+use crate::config::TallyConfig;
 
 /// The admin token accepted in `--dev` mode.
-const DEV_ADMIN_TOKEN: &str = "dev-admin";
+pub(crate) const DEV_ADMIN_TOKEN: &str = "dev-admin";
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct UpArgs {
@@ -50,32 +57,72 @@ pub(crate) struct UpArgs {
     metrics_tenant_label: bool,
 }
 
-pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
-    let mut cfg = super::load_config(global)?;
-    if let Some(l) = args.listen {
-        cfg.proxy.listen = l;
+/// How to start the stack besides what the configuration says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StackOptions {
+    /// Development mode: the simulator runs in-process on this address as every
+    /// upstream, `dev-<tenant>-<anything>` keys are accepted and so is the admin token
+    /// `dev-admin`.
+    pub(crate) dev_simulator: Option<SocketAddr>,
+    /// A `tenant` label on the token, cost and decision metrics.
+    pub(crate) metrics_tenant_label: bool,
+}
+
+/// The embedded stack, started and serving everything but the proxy, which serves from
+/// [`Stack::serve_until`] on.
+pub(crate) struct Stack {
+    pub(crate) proxy_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
+    pub(crate) pg_addr: Option<SocketAddr>,
+    /// The in-process simulator (dev mode).
+    pub(crate) simulator_addr: Option<SocketAddr>,
+    pub(crate) log_dir: PathBuf,
+    pub(crate) tables_root: String,
+    pub(crate) log: Arc<SegmentLog>,
+    pub(crate) engine: Arc<QueryEngine>,
+    pub(crate) ledger: tally_ledger::LedgerHandle,
+    /// The proxy's state. Clones must be dropped before [`Stack::serve_until`] returns
+    /// from draining, or flushing the event log waits for them.
+    pub(crate) state: Arc<ProxyState>,
+    listener: tokio::net::TcpListener,
+    proxy_listening: Arc<AtomicBool>,
+    sink_task: SinkTask,
+    ledger_stop: tokio::sync::oneshot::Sender<()>,
+    ledger_task: JoinHandle<Result<(), tally_ledger::LedgerError>>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+    pg_task: Option<JoinHandle<std::io::Result<()>>>,
+    simulator_task: Option<JoinHandle<std::io::Result<()>>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("proxy_addr", &self.proxy_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("pg_addr", &self.pg_addr)
+            .field("simulator_addr", &self.simulator_addr)
+            .finish_non_exhaustive()
     }
-    if let Some(l) = args.admin_listen {
-        cfg.admin.listen = l;
-    }
-    if let Some(l) = args.postgres_listen {
-        cfg.postgres.listen = l;
-    }
-    if args.dev {
-        cfg.queries
-            .admin_tokens
-            .push(tally_queries::hash_token(DEV_ADMIN_TOKEN));
-    }
-    let rt = super::runtime()?;
-    rt.block_on(async move {
-        let mut simulator = None;
-        if args.dev {
-            let listener = tokio::net::TcpListener::bind(args.simulator_listen)
+}
+
+impl Stack {
+    /// Start the simulator (dev mode), the event log and sink, the ledger, the query
+    /// engine and servers, and bind the proxy. `cfg` gets the dev-mode changes.
+    pub(crate) async fn start(cfg: &mut TallyConfig, opts: &StackOptions) -> Result<Stack> {
+        let mut simulator_task = None;
+        let mut simulator_addr = None;
+        if let Some(listen) = opts.dev_simulator {
+            cfg.queries
+                .admin_tokens
+                .push(tally_queries::hash_token(DEV_ADMIN_TOKEN));
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
-                .with_context(|| format!("simulator.bind: cannot listen on {}", args.simulator_listen))?;
+                .with_context(|| format!("simulator.bind: cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
             let sim = tally_simulator::Simulator::new(cfg.simulator.clone());
-            simulator = Some(tokio::spawn(sim.serve(listener)));
+            simulator_task = Some(tokio::spawn(sim.serve(listener)));
+            simulator_addr = Some(addr);
             cfg.proxy.point_all_upstreams_at(&format!("http://{addr}"));
             cfg.proxy.dev_keys = true;
             tracing::info!(%addr, "provider simulator started (dev mode)");
@@ -84,14 +131,21 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("log.io: cannot create {}", log_dir.display()))?;
         let log = Arc::new(SegmentLog::open(&log_dir, &cfg.log)?);
-        let metrics = Arc::new(EnforcerMetrics::new(args.metrics_tenant_label));
-        let (sink, sink_task) =
-            EventSink::start_with_metrics(log.clone() as Arc<dyn EventLog>, &cfg.proxy.event_queue, metrics);
+        let metrics = Arc::new(EnforcerMetrics::new(opts.metrics_tenant_label));
+        let (sink, sink_task) = EventSink::start_with_metrics(
+            log.clone() as Arc<dyn EventLog>,
+            &cfg.proxy.event_queue,
+            metrics,
+        );
         // Ledger: tails the log into the Delta tables; queries see tables + uncommitted tail.
         let tables_root = cfg.tables_root();
-        let ledger = tally_ledger::Ledger::open(cfg.ledger.clone(), &tables_root, log.clone() as Arc<dyn EventLog>)
-            .await
-            .context("opening the ledger")?;
+        let ledger = tally_ledger::Ledger::open(
+            cfg.ledger.clone(),
+            &tables_root,
+            log.clone() as Arc<dyn EventLog>,
+        )
+        .await
+        .context("opening the ledger")?;
         let handle = ledger.handle();
         let (ledger_stop, ledger_stopped) = tokio::sync::oneshot::channel::<()>();
         let ledger_ended = Arc::new(AtomicBool::new(false));
@@ -108,11 +162,17 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         };
         let positions = {
             let h = handle.clone();
-            move |t: Table| h.committed_positions().get(&t).copied().unwrap_or(Position::START)
+            move |t: Table| {
+                h.committed_positions()
+                    .get(&t)
+                    .copied()
+                    .unwrap_or(Position::START)
+            }
         };
-        let tail = tally_queries::LogTail::new(log.clone() as Arc<dyn EventLog>, Arc::new(positions));
+        let tail =
+            tally_queries::LogTail::new(log.clone() as Arc<dyn EventLog>, Arc::new(positions));
         let engine = Arc::new(
-            tally_queries::QueryEngine::new(cfg.queries.clone(), &tables_root, Some(Arc::new(tail)))
+            QueryEngine::new(cfg.queries.clone(), &tables_root, Some(Arc::new(tail)))
                 .await
                 .context("starting the query engine")?,
         );
@@ -125,13 +185,13 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
         );
         let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
-        let addr = listener.local_addr()?;
+        let proxy_addr = listener.local_addr()?;
         let proxy_listening = Arc::new(AtomicBool::new(false));
         let ops = {
             let weak = Arc::downgrade(&state);
             let probes = ops::Probes {
                 proxy_listening: proxy_listening.clone(),
-                proxy_addr: addr.to_string(),
+                proxy_addr: proxy_addr.to_string(),
                 sink: state.sink.health(),
                 log_dir: log_dir.clone(),
                 ledger: handle.clone(),
@@ -143,7 +203,10 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
                 tally_queries::Authenticator::new(&cfg.queries),
                 &state.sink,
                 log.clone(),
-                move || weak.upgrade().map_or(0.0, |s| s.stats.in_flight.load(Ordering::Relaxed) as f64),
+                move || {
+                    weak.upgrade()
+                        .map_or(0.0, |s| s.stats.in_flight.load(Ordering::Relaxed) as f64)
+                },
             ))
         };
         let router = tally_queries::router(engine.clone()).merge(ops::router(ops));
@@ -153,9 +216,14 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         if cfg.postgres.enabled {
             let pg = tokio::net::TcpListener::bind(cfg.postgres.listen)
                 .await
-                .with_context(|| format!("postgres.bind: cannot listen on {}", cfg.postgres.listen))?;
+                .with_context(|| {
+                    format!("postgres.bind: cannot listen on {}", cfg.postgres.listen)
+                })?;
             pg_addr = Some(pg.local_addr()?);
-            pg_task = Some(tokio::spawn(tally_queries::serve_postgres_on(engine.clone(), pg)));
+            pg_task = Some(tokio::spawn(tally_queries::serve_postgres_on(
+                engine.clone(),
+                pg,
+            )));
         }
 
         // Counters are a projection of events: fold the usage in the log back in, so a
@@ -174,7 +242,10 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             }
         }
         if folded > 0 {
-            tracing::info!(usage_events = folded, "policy counters rebuilt from the event log");
+            tracing::info!(
+                usage_events = folded,
+                "policy counters rebuilt from the event log"
+            );
         }
         let sweeper = {
             let state = state.clone();
@@ -186,26 +257,56 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
                 }
             })
         };
-        println!("tally proxy listening on http://{addr}");
-        println!("tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
-        if let Some(pg) = pg_addr {
-            println!("tally postgres wire on {pg} (psql \"host={} port={} user=admin dbname=tally\")", pg.ip(), pg.port());
-        }
-        println!("  event log: {}", log_dir.display());
-        println!("  tables:    {tables_root}");
-        if args.dev {
-            println!("  dev mode: any key `dev-<tenant>-<anything>` works, e.g.");
-            println!("    curl http://{addr}/v1/chat/completions -H 'authorization: Bearer dev-acme-1' \\");
-            println!("      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
-            println!("  admin token (dev): {DEV_ADMIN_TOKEN}");
-        }
-        println!("  health: http://{admin_addr}/healthz, http://{admin_addr}/readyz; metrics: http://{admin_addr}/metrics (admin token)");
-        let drain = Duration::from_secs(args.drain_seconds);
+        Ok(Stack {
+            proxy_addr,
+            admin_addr,
+            pg_addr,
+            simulator_addr,
+            log_dir,
+            tables_root,
+            log,
+            engine,
+            ledger: handle,
+            state,
+            listener,
+            proxy_listening,
+            sink_task,
+            ledger_stop,
+            ledger_task,
+            admin_task,
+            pg_task,
+            simulator_task,
+            sweeper,
+        })
+    }
+
+    /// Serve the proxy until `signal` resolves, then shut down gracefully: drain
+    /// in-flight requests and streams within `drain`, flush the event log, let the
+    /// ledger commit what is durable, stop the servers. Returns the log's durable end.
+    pub(crate) async fn serve_until(
+        self,
+        signal: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> Result<Position> {
+        let Stack {
+            log,
+            state,
+            listener,
+            proxy_listening,
+            sink_task,
+            ledger_stop,
+            ledger_task,
+            admin_task,
+            pg_task,
+            simulator_task,
+            sweeper,
+            ..
+        } = self;
         let shutdown_at = Arc::new(OnceLock::new());
         let signal = {
             let (listening, at) = (proxy_listening.clone(), shutdown_at.clone());
             async move {
-                shutdown_signal().await;
+                signal.await;
                 // Readiness fails from here on, so load balancers stop sending traffic.
                 listening.store(false, Ordering::Relaxed);
                 let _ = at.set(Instant::now());
@@ -221,7 +322,11 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         }
         let left = state.stats.in_flight.load(Ordering::Relaxed);
         if left > 0 {
-            tracing::warn!(in_flight = left, ?drain, "drain deadline passed with requests still in flight");
+            tracing::warn!(
+                in_flight = left,
+                ?drain,
+                "drain deadline passed with requests still in flight"
+            );
         }
         sweeper.abort();
         drop(state);
@@ -242,16 +347,56 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         if let Some(t) = pg_task {
             t.abort();
         }
-        if let Some(s) = simulator {
+        if let Some(s) = simulator_task {
             s.abort();
         }
-        let stats = log.stats();
-        println!("tally stopped; event log durable up to {}", stats.durable_end);
+        Ok(log.stats().durable_end)
+    }
+}
+
+pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
+    let mut cfg = super::load_config(global)?;
+    if let Some(l) = args.listen {
+        cfg.proxy.listen = l;
+    }
+    if let Some(l) = args.admin_listen {
+        cfg.admin.listen = l;
+    }
+    if let Some(l) = args.postgres_listen {
+        cfg.postgres.listen = l;
+    }
+    let opts = StackOptions {
+        dev_simulator: args.dev.then_some(args.simulator_listen),
+        metrics_tenant_label: args.metrics_tenant_label,
+    };
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let stack = Stack::start(&mut cfg, &opts).await?;
+        let (addr, admin_addr) = (stack.proxy_addr, stack.admin_addr);
+        println!("tally proxy listening on http://{addr}");
+        println!("tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
+        if let Some(pg) = stack.pg_addr {
+            println!("tally postgres wire on {pg} (psql \"host={} port={} user=admin dbname=tally\")", pg.ip(), pg.port());
+        }
+        println!("  event log: {}", stack.log_dir.display());
+        println!("  tables:    {}", stack.tables_root);
+        if args.dev {
+            println!("  dev mode: any key `dev-<tenant>-<anything>` works, e.g.");
+            println!("    curl http://{addr}/v1/chat/completions -H 'authorization: Bearer dev-acme-1' \\");
+            println!("      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
+            println!("  admin token (dev): {DEV_ADMIN_TOKEN}");
+        }
+        println!("  health: http://{admin_addr}/healthz, http://{admin_addr}/readyz; metrics: http://{admin_addr}/metrics (admin token)");
+        let durable_end = stack
+            .serve_until(shutdown_signal(), Duration::from_secs(args.drain_seconds))
+            .await?;
+        println!("tally stopped; event log durable up to {durable_end}");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
