@@ -38,10 +38,13 @@ struct GlobalArgs {
         long,
         global = true,
         env = "TALLY_LOG_FILTER",
-        default_value = "warn,tally=info,tally_events=info,tally_enforcer=info,tally_ledger=info,tally_queries=info,tally_simulator=info"
+        default_value = DEFAULT_LOG_FILTER
     )]
     log_filter: String,
 }
+
+/// tally at info, its dependencies at warn.
+const DEFAULT_LOG_FILTER: &str = "warn,tally=info,tally_events=info,tally_enforcer=info,tally_ledger=info,tally_queries=info,tally_simulator=info";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
@@ -57,6 +60,10 @@ enum Command {
     /// upstream points at it, and keys of the form `dev-<tenant>-<anything>` are accepted:
     /// no provider account or configuration needed.
     Up(cmd::up::UpArgs),
+    /// A self-contained tour: the embedded stack and the provider simulator, a mixed
+    /// workload, then where the tokens went, why a request was blocked, and a
+    /// reconciliation against the provider's reports. Serves until Ctrl-C (or --exit).
+    Demo(cmd::demo::DemoArgs),
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
     Simulate {
         /// Address to listen on.
@@ -145,12 +152,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Several crates enable different rustls backends; pick one for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    cmd::init_tracing(
-        cli.global.log_format == LogFormat::Json,
-        &cli.global.log_filter,
-    );
+    // `tally demo` prints its reports on stdout: per-request logs would bury them.
+    let log_filter = match cli.command {
+        Command::Demo(_) if cli.global.log_filter == DEFAULT_LOG_FILTER => cmd::demo::LOG_FILTER,
+        _ => cli.global.log_filter.as_str(),
+    };
+    cmd::init_tracing(cli.global.log_format == LogFormat::Json, log_filter);
     let result = match cli.command {
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Demo(args) => cmd::demo::run(&cli.global, args),
         Command::Simulate { listen } => cmd::simulate::run(&cli.global, listen),
         Command::Log(c) => cmd::log::run(&cli.global, c),
         Command::Keys(c) => cmd::keys::run(c),

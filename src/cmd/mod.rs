@@ -2,6 +2,7 @@
 //! business logic lives here.
 
 pub(crate) mod config;
+pub(crate) mod demo;
 pub(crate) mod export;
 pub(crate) mod keys;
 pub(crate) mod ledger;
