@@ -378,16 +378,19 @@ pub(crate) fn plan() -> Plan {
             )
         })
         .collect();
-    // gpt-4o calls of ~300 output tokens against a $0.02 daily budget.
+    // gpt-4o calls of 300 output tokens (their max, so each reserves what it will use)
+    // against a $0.02 daily budget.
     let budget = (0..12)
         .map(|i| {
-            Call::openai_chat(
+            let mut call = Call::openai_chat(
                 "dev-labs-research",
                 "gpt-4o",
                 &format!("Analyse experiment run {i} and propose the next hypothesis"),
                 false,
             )
-            .with_header("x-sim-output-tokens", "300")
+            .with_header("x-sim-output-tokens", "300");
+            call.body["max_tokens"] = json!(300);
+            call
         })
         .collect();
     // Models the hobby plan does not include.
