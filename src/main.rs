@@ -63,6 +63,7 @@ enum Command {
     /// A self-contained tour: the embedded stack and the provider simulator, a mixed
     /// workload, then where the tokens went, why a request was blocked, and a
     /// reconciliation against the provider's reports. Serves until Ctrl-C (or --exit).
+    /// Data goes to ./tally-demo unless --data-dir says otherwise; the next run replaces it.
     Demo(cmd::demo::DemoArgs),
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
     Simulate {
