@@ -61,8 +61,10 @@ use std::time::Duration;
 use blocks::Block;
 use sandbox::{Ran, Sandbox, run};
 
-/// At most this many blocks in all the docs may be `no-run`.
-const NO_RUN_BUDGET: usize = 8;
+/// At most this many blocks in all the docs may be `no-run` (12 at the time of writing:
+/// half of them docs/deployment.md's Docker and Kubernetes commands). Raise it only with
+/// a reason in the block's annotation.
+const NO_RUN_BUDGET: usize = 12;
 
 /// Files some documents' examples read, copied into their sandbox: (document, name in the
 /// sandbox, file in the repository).
@@ -77,6 +79,7 @@ const LISTED: &[&str] = &[
     "README.md",
     "docs/README.md",
     "docs/billing-exports.md",
+    "docs/comparison.md",
     "docs/concepts.md",
     "docs/configuration.md",
     "docs/events.md",
@@ -133,9 +136,40 @@ enum YamlKind {
     CsvMapping,
 }
 
-impl Kind {
-    fn needs_stack(&self) -> bool {
-        matches!(self, Kind::Shell | Kind::Sql | Kind::Python)
+/// `tally` subcommands that read the sandbox's data directory.
+const DATA_COMMANDS: &[&str] = &[
+    "sql",
+    "why",
+    "usage",
+    "top",
+    "log",
+    "ledger",
+    "reconcile",
+    "export",
+];
+
+/// Whether a block needs the running, seeded stack: SQL and Python always; a shell block
+/// when it talks to a documented default address or runs a `tally` command on the
+/// default data directory (one with its own `--data-dir` does not count).
+fn needs_stack(b: &Block, kind: &Kind) -> bool {
+    match kind {
+        Kind::Sql | Kind::Python => true,
+        Kind::Shell => {
+            let addresses = ["8080", "8081", "5433", "9090"].iter().any(|p| {
+                b.body.contains(&format!("127.0.0.1:{p}"))
+                    || b.body.contains(&format!("localhost:{p}"))
+                    || b.body.contains(&format!("port={p}"))
+            });
+            let data = b.body.lines().any(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                words
+                    .windows(2)
+                    .any(|w| w[0].ends_with("tally") && DATA_COMMANDS.contains(&w[1]))
+                    && !line.contains("--data-dir")
+            });
+            addresses || data
+        }
+        _ => false,
     }
 }
 
@@ -625,7 +659,7 @@ fn run_doc(doc: &str) {
             std::fs::write(run.sandbox.dir().join(name), &b.body).expect("write named block");
         }
     }
-    if plan.iter().any(|(_, k)| k.needs_stack()) {
+    if plan.iter().any(|(b, k)| needs_stack(b, k)) {
         let policies = run.sandbox.harness_dir().join("policies.yaml");
         std::fs::write(&policies, seed::POLICIES).expect("write policies");
         run.sandbox
@@ -689,6 +723,7 @@ doc_tests! {
     readme => "README.md",
     docs_readme => "docs/README.md",
     billing_exports => "docs/billing-exports.md",
+    comparison => "docs/comparison.md",
     concepts => "docs/concepts.md",
     configuration => "docs/configuration.md",
     events => "docs/events.md",
@@ -700,14 +735,22 @@ doc_tests! {
     sql_cookbook => "docs/sql-cookbook.md",
 }
 
-/// Documents added after this file was written run too.
+/// Documents added after this file was written run too (each in its own thread).
 #[test]
 fn other_docs() {
-    for doc in all_docs() {
-        if !LISTED.contains(&doc.as_str()) {
-            run_doc(&doc);
-        }
-    }
+    let runs: Vec<_> = all_docs()
+        .into_iter()
+        .filter(|doc| !LISTED.contains(&doc.as_str()))
+        .map(|doc| (doc.clone(), std::thread::spawn(move || run_doc(&doc))))
+        .collect();
+    let failed: Vec<String> = runs
+        .into_iter()
+        .filter_map(|(doc, h)| h.join().is_err().then_some(doc))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "docs examples failed in {failed:?} (details above)"
+    );
 }
 
 /// The `no-run` blocks, each with its reason; few of them.
