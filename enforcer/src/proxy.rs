@@ -73,6 +73,8 @@ impl ProxyState {
             Some(p) => PolicySet::load(p).map_err(|e| e.to_string())?,
             None => PolicySet::empty(),
         };
+        // Estimates need the tokenizer tables: load them while the listener starts.
+        std::thread::spawn(crate::providers::estimate::warm_up);
         Ok(Self {
             policy: PolicyEngine::new(policy),
             keys: KeyStore::new(&config.keys, config.dev_keys),

@@ -36,7 +36,7 @@ const ZSTD_LEVEL: i32 = 3;
 const UNIQUE_COLUMNS: [&str; 3] = ["event_id", "request_id", "upstream_request_id"];
 
 /// Parquet settings of every file the ledger writes (appends and compactions).
-pub(crate) fn writer_properties() -> WriterProperties {
+pub fn writer_properties() -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),

@@ -27,6 +27,7 @@ use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionConfig;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tally_events::arrow::Table;
+use tally_events::log::Position;
 use tokio::time::{Instant, Sleep};
 use url::Url;
 
@@ -203,17 +204,35 @@ impl QueryEngine {
         }
     }
 
-    /// Snapshot every table for one query: the tail first, then Delta at its latest
-    /// version. In that order an event the ledger commits in between is seen twice by
-    /// this one query rather than not at all.
+    /// Snapshot every table for one query: Delta at its latest version first, then the
+    /// log tail from the position that version records for the ledger's app id. The two
+    /// meet exactly: an event the ledger commits meanwhile is in the tail (read from the
+    /// older position) and not in the table version already chosen, so it is counted
+    /// once. Without an app id (a tail that cannot say), the tail's own committed
+    /// positions are used.
     async fn snapshot(&self, principal: &Principal) -> Result<QuerySnapshot, QueryError> {
+        let app_id = self
+            .tail
+            .as_ref()
+            .and_then(|t| t.ledger_app_id().map(str::to_owned));
+        let refreshed = futures_util::future::join_all(
+            self.handles
+                .iter()
+                .map(|(_, h)| h.refresh(&self.provider_session, app_id.as_deref())),
+        )
+        .await;
+        let mut deltas = Vec::new();
+        for ((t, _), r) in self.handles.iter().zip(refreshed) {
+            deltas.push((*t, r?));
+        }
         let mut tails: HashMap<Table, Vec<RecordBatch>> = HashMap::new();
         if let Some(tail) = &self.tail {
             let tail = tail.clone();
+            let from: Vec<(Table, Option<Position>)> =
+                deltas.iter().map(|(t, r)| (*t, r.covered)).collect();
             let read = tokio::task::spawn_blocking(move || {
-                Table::ALL
-                    .iter()
-                    .map(|t| (*t, tail.tail(*t)))
+                from.into_iter()
+                    .map(|(t, pos)| (t, tail.tail_from(t, pos)))
                     .collect::<Vec<_>>()
             })
             .await
@@ -222,19 +241,13 @@ impl QueryEngine {
                 tails.insert(t, normalize_tail(t, batches)?);
             }
         }
-        let refreshed = futures_util::future::join_all(
-            self.handles
-                .iter()
-                .map(|(_, h)| h.refresh(&self.provider_session)),
-        )
-        .await;
         let mut tables = HashMap::new();
-        for ((t, _), delta) in self.handles.iter().zip(refreshed) {
+        for (t, r) in deltas {
             tables.insert(
-                *t,
+                t,
                 TableSnapshot {
-                    delta: delta?,
-                    tail: tails.remove(t).unwrap_or_default(),
+                    delta: r.provider,
+                    tail: tails.remove(&t).unwrap_or_default(),
                 },
             );
         }

@@ -27,6 +27,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use tally_events::arrow::Table;
+use tally_events::log::Position;
 use url::Url;
 
 use crate::error::QueryError;
@@ -251,6 +252,15 @@ struct HandleState {
     table: Option<DeltaTable>,
     version: Option<u64>,
     provider: Option<Arc<dyn TableProvider>>,
+    /// The log position `version` covers for the app id asked last.
+    covered: Option<(String, Option<Position>)>,
+}
+
+/// A table version as one query reads it: its provider (`None` while nothing has been
+/// committed) and, when the ledger's app id was given, the log position it covers.
+pub(crate) struct Refreshed {
+    pub(crate) provider: Option<Arc<dyn TableProvider>>,
+    pub(crate) covered: Option<Position>,
 }
 
 impl fmt::Debug for DeltaHandle {
@@ -280,8 +290,49 @@ impl DeltaHandle {
     }
 
     /// The provider of the latest committed version, or `None` while nothing has been
-    /// committed (the table then reads as empty).
+    /// committed (the table then reads as empty); with `app_id`, also the log position
+    /// that version covers for that ledger (the start of the log when it covers none).
     pub(crate) async fn refresh(
+        &self,
+        session: &Arc<SessionState>,
+        app_id: Option<&str>,
+    ) -> Result<Refreshed, QueryError> {
+        let provider = self.refresh_provider(session).await?;
+        let Some(app_id) = app_id else {
+            return Ok(Refreshed {
+                provider,
+                covered: None,
+            });
+        };
+        let mut st = self.state.lock().await;
+        let covered = match (&st.table, &st.covered) {
+            (None, _) => None,
+            (Some(_), Some((id, pos))) if id == app_id => *pos,
+            (Some(t), _) => {
+                let snapshot = t.snapshot().map_err(|e| self.table_error(e))?;
+                let v = snapshot
+                    .transaction_version(t.log_store().as_ref(), app_id)
+                    .await
+                    .map_err(|e| self.table_error(e))?;
+                let pos = match v {
+                    None => None,
+                    Some(v) => Some(tally_ledger::txn_position(v).ok_or_else(|| {
+                        self.table_error(format!(
+                            "transaction version {v} of {app_id} is not a log position"
+                        ))
+                    })?),
+                };
+                st.covered = Some((app_id.to_owned(), pos));
+                pos
+            }
+        };
+        Ok(Refreshed {
+            provider,
+            covered: Some(covered.unwrap_or(Position::START)),
+        })
+    }
+
+    async fn refresh_provider(
         &self,
         session: &Arc<SessionState>,
     ) -> Result<Option<Arc<dyn TableProvider>>, QueryError> {
@@ -318,6 +369,7 @@ impl DeltaHandle {
         );
         st.version = version;
         st.provider = Some(provider.clone());
+        st.covered = None;
         Ok(Some(provider))
     }
 

@@ -21,6 +21,22 @@ use tally_events::{CorrectionEvent, DecisionEvent, Event, UsageEvent};
 /// what it has and logs why.
 pub trait TailSource: Send + Sync {
     fn tail(&self, table: Table) -> Vec<RecordBatch>;
+
+    /// The tail from `from`: the log position recorded in the table version the query
+    /// reads (`None`: not known, use [`TailSource::tail`]'s own notion). Reading the tail
+    /// from the very position the Delta snapshot covers is what makes table + tail exact:
+    /// no event counted twice, none missed, whenever the ledger commits.
+    fn tail_from(&self, table: Table, from: Option<Position>) -> Vec<RecordBatch> {
+        let _ = from;
+        self.tail(table)
+    }
+
+    /// The Delta application id (`tally-ledger/<source>`) of the ledger that commits
+    /// this log, whose recorded position [`TailSource::tail_from`] takes. `None`: the
+    /// engine cannot tell and calls [`TailSource::tail`].
+    fn ledger_app_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Where the ledger's committed data ends, per table: the log position of the first
@@ -47,6 +63,7 @@ const READ_CHUNK: usize = 4096;
 pub struct LogTail {
     log: Arc<dyn EventLog>,
     committed: Arc<dyn CommittedPositions>,
+    app_id: Option<String>,
     cache: Mutex<TailCache>,
 }
 
@@ -67,6 +84,7 @@ impl fmt::Debug for LogTail {
             .field("start", &c.start)
             .field("next", &c.next)
             .field("cached_events", &c.events.len())
+            .field("app_id", &self.app_id)
             .finish()
     }
 }
@@ -76,8 +94,16 @@ impl LogTail {
         Self {
             log,
             committed,
+            app_id: None,
             cache: Mutex::new(TailCache::default()),
         }
+    }
+
+    /// Name the ledger that commits this log (`tally_ledger::app_id(source_name)`), so
+    /// each query reads the tail from the position its table version records.
+    pub fn with_ledger_app_id(mut self, app_id: String) -> Self {
+        self.app_id = Some(app_id);
+        self
     }
 
     /// Bring the cache up to the log's durable end, starting no earlier than `floor`.
@@ -118,12 +144,21 @@ impl LogTail {
 
 impl TailSource for LogTail {
     fn tail(&self, table: Table) -> Vec<RecordBatch> {
+        self.tail_from(table, None)
+    }
+
+    fn ledger_app_id(&self) -> Option<&str> {
+        self.app_id.as_deref()
+    }
+
+    fn tail_from(&self, table: Table, from: Option<Position>) -> Vec<RecordBatch> {
+        let from = from.unwrap_or_else(|| self.committed.committed(table));
         let floor = Table::ALL
             .iter()
             .map(|t| self.committed.committed(*t))
             .min()
-            .unwrap_or(Position::START);
-        let from = self.committed.committed(table);
+            .unwrap_or(Position::START)
+            .min(from);
         let mut cache = self.cache.lock();
         self.catch_up(&mut cache, floor);
         let events = cache

@@ -115,7 +115,12 @@ pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
                 return Ok(());
             }
             println!("tables: {}", status.tables_uri);
-            if let Some(end) = status.log_durable_end {
+            // The read-only view of the log has no end of its own (it reads until it
+            // finds no more records): only a real end is worth printing.
+            if let Some(end) = status
+                .log_durable_end
+                .filter(|e| *e != tally_events::log::Position::new(u64::MAX, u64::MAX))
+            {
                 println!("log durable end: {end}");
             }
             println!(

@@ -44,7 +44,10 @@ pub(crate) fn init_tracing(json: bool, filter: &str) {
     if json {
         builder.json().with_current_span(true).init();
     } else {
-        builder.with_target(false).init();
+        // Colours only on a terminal (and never with NO_COLOR): log files stay plain text.
+        use std::io::IsTerminal;
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_target(false).with_ansi(ansi).init();
     }
 }
 

@@ -78,7 +78,8 @@ pub(crate) async fn local_engine(cfg: &TallyConfig) -> Result<QueryEngine> {
         .collect();
     let positions = move |t: Table| committed.get(t.name()).copied().unwrap_or(Position::START);
     let log: Arc<dyn EventLog> = Arc::new(ReadOnlyLog::new(cfg.log_dir()));
-    let tail = tally_queries::LogTail::new(log, Arc::new(positions));
+    let tail = tally_queries::LogTail::new(log, Arc::new(positions))
+        .with_ledger_app_id(tally_ledger::app_id(&cfg.ledger.source_name));
     Ok(QueryEngine::new(cfg.queries.clone(), &root, Some(Arc::new(tail))).await?)
 }
 

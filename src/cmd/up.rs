@@ -170,7 +170,8 @@ impl Stack {
             }
         };
         let tail =
-            tally_queries::LogTail::new(log.clone() as Arc<dyn EventLog>, Arc::new(positions));
+            tally_queries::LogTail::new(log.clone() as Arc<dyn EventLog>, Arc::new(positions))
+                .with_ledger_app_id(tally_ledger::app_id(&cfg.ledger.source_name));
         let engine = Arc::new(
             QueryEngine::new(cfg.queries.clone(), &tables_root, Some(Arc::new(tail)))
                 .await

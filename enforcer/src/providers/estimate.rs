@@ -45,6 +45,12 @@ pub enum Tokenizer {
 }
 
 /// The tokenizer used for `model` when served by `provider`.
+/// Load the BPE tables now (about a second in debug builds) instead of on the first
+/// request that needs an estimate.
+pub fn warm_up() {
+    let _ = (O200K.as_ref(), CL100K.as_ref());
+}
+
 pub fn tokenizer_for(provider: Provider, model: Option<&str>) -> Tokenizer {
     match provider {
         Provider::Anthropic | Provider::Gemini => Tokenizer::CharsApprox,

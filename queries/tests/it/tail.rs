@@ -198,3 +198,51 @@ async fn log_tail_feeds_queries_until_the_ledger_commits() {
     assert_eq!(scalar(&e, "SELECT count(*) FROM usage", &acme()).await, 2);
     assert_eq!(scalar(&e, "SELECT count(*) FROM usage", &globex()).await, 0);
 }
+
+/// The position the tail starts from comes from the table version the query reads, not
+/// from a separately read (possibly stale) committed position: a commit the engine did
+/// not hear about yet never makes a row count twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_between_position_and_scan_counts_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = dir.path().join("tables");
+    let log = Arc::new(SegmentLog::open(&dir.path().join("log"), &LogConfig::default()).unwrap());
+    // The engine's notion of the committed position never moves: as stale as it gets.
+    let tail = LogTail::new(log.clone(), Arc::new(|_t: Table| Position::START))
+        .with_ledger_app_id(tally_ledger::app_id("local"));
+    let e = engine_at(&tables, Some(Arc::new(tail) as Arc<dyn TailSource>)).await;
+    for i in 0..3 {
+        let u = usage(
+            &format!("c-{i}"),
+            "acme",
+            t0(),
+            FinishState::Completed,
+            10,
+            5,
+            100,
+        );
+        append(&log, Event::Usage(u)).await;
+    }
+    assert_eq!(scalar(&e, "SELECT count(*) FROM usage", &acme()).await, 3);
+
+    // A real ledger commits the three events (recording the log position in Delta).
+    let mut ledger = tally_ledger::Ledger::open(
+        tally_ledger::LedgerConfig::default(),
+        tables.to_str().unwrap(),
+        log.clone() as Arc<dyn EventLog>,
+    )
+    .await
+    .unwrap();
+    let step = ledger.step().await.unwrap();
+    assert_eq!(step.rows[0], 3);
+    assert_eq!(scalar(&e, "SELECT count(*) FROM usage", &acme()).await, 3);
+    assert_eq!(
+        scalar(&e, "SELECT count(DISTINCT request_id) FROM usage", &acme()).await,
+        3
+    );
+
+    // One more event: from the tail, beside the committed three.
+    let u = usage("c-3", "acme", t0(), FinishState::Completed, 10, 5, 100);
+    append(&log, Event::Usage(u)).await;
+    assert_eq!(scalar(&e, "SELECT count(*) FROM usage", &acme()).await, 4);
+}

@@ -1,0 +1,319 @@
+//! Ledger throughput: events per second from the local event log into committed Delta
+//! tables, beside (a) a bare arrow-rs Parquet write of the same batches with the same
+//! writer settings (the limit: no decoding, no dedupe, no Delta commit) and (b) DuckDB
+//! converting the same events from JSON Lines to Parquet (the peer), in one run.
+//!
+//! ```sh
+//! cargo bench -p tally-ledger --bench materialize            # 10 million events
+//! TALLY_BENCH_EVENTS=1000000 cargo bench -p tally-ledger --bench materialize
+//! ```
+//!
+//! Needs about 1 KiB of disk per event (log, JSON Lines, Parquet) under
+//! `TALLY_BENCH_DIR` (default: the system temp dir). DuckDB comes from the test
+//! virtualenv (`scripts/setup-test-deps.sh`); without it that column is skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::parquet::arrow::ArrowWriter;
+use tally_events::arrow::{Table, decisions_to_batch, usage_to_batch, with_day_column};
+use tally_events::log::{EventLog, LogConfig, Position, SegmentLog};
+use tally_events::{
+    DecisionEvent, Event, EventHeader, FinishState, Outcome, Provider, Route, RuleKind, Timestamp,
+    TokenCounts, UsageEvent, UsageSource,
+};
+use tally_ledger::{Ledger, LedgerConfig, parquet_writer_properties};
+
+const MODELS: [&str; 6] = [
+    "gpt-4o",
+    "gpt-4o-mini",
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+    "gemini-2.5-flash",
+    "text-embedding-3-small",
+];
+
+/// A cheap deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Skewed pick in `0..n`: low indexes are much more frequent.
+    fn skewed(&mut self, n: u64) -> u64 {
+        let a = self.next() % n;
+        let b = self.next() % n;
+        a.min(b)
+    }
+}
+
+/// One event of a realistic mix: 90% usage, 10% decisions; 50 tenants, 500 keys, six
+/// models, spread over three days.
+fn event(rng: &mut Rng, i: u64, start: i64) -> Event {
+    let tenant = format!("tenant-{:02}", rng.skewed(50));
+    let key = rng.skewed(500);
+    let model = MODELS[rng.skewed(MODELS.len() as u64) as usize];
+    let mut h = EventHeader::new("gw-1", &format!("req-{i:012}"), &tenant);
+    h.occurred_at = Timestamp::from_micros(start + (i as i64) * 25_000);
+    h.api_key_id = Some(format!("key-{key:03}"));
+    h.labels = BTreeMap::from([("team".into(), format!("team-{}", key % 12))]);
+    h.provider = Some(match model.as_bytes()[0] {
+        b'c' => Provider::Anthropic,
+        b'g' if model.starts_with("gemini") => Provider::Gemini,
+        _ => Provider::Openai,
+    });
+    h.route = Some(Route::Chat);
+    h.model_requested = Some(model.into());
+    h.model_served = Some(model.into());
+    if i % 10 == 9 {
+        return Event::Decision(DecisionEvent::new(
+            h,
+            Outcome::Deny,
+            "per-key-rpm",
+            RuleKind::RateLimit,
+            "key over its request rate".into(),
+        ));
+    }
+    let input = 50 + rng.next() % 4_000;
+    let output = rng.next() % 1_500;
+    Event::Usage(UsageEvent {
+        header: h,
+        upstream: Some("main".into()),
+        status_code: Some(200),
+        streamed: i % 3 == 0,
+        finish_state: FinishState::Completed,
+        tokens: TokenCounts {
+            input_tokens: input,
+            cached_input_tokens: input / 4 * (i % 2),
+            output_tokens: output,
+            reasoning_tokens: output / 8,
+            ..TokenCounts::default()
+        },
+        usage_source: UsageSource::ProviderReported,
+        cost_micros: (input * 2 + output * 8) as i64,
+        price_version: Some("2026-11".into()),
+        latency_ms: 200 + rng.next() % 3_000,
+        ttft_ms: Some(80 + rng.next() % 400),
+        retry_attempt: 0,
+        retry_of: None,
+    })
+}
+
+fn dir_bytes(dir: &Path, ext: &str) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            total += dir_bytes(&p, ext);
+        } else if ext.is_empty() || p.extension().is_some_and(|x| x == ext) {
+            total += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn python() -> Option<PathBuf> {
+    let venv = std::env::var_os("TALLY_TEST_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tally/venv")))?;
+    let p = venv.join("bin/python");
+    p.is_file().then_some(p)
+}
+
+const DUCKDB: &str = r#"
+import sys, time, duckdb
+src, dst = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+t = time.perf_counter()
+con.execute(f"COPY (SELECT * FROM read_json('{src}', format = 'newline_delimited')) TO '{dst}' (FORMAT parquet, COMPRESSION zstd)")
+print(time.perf_counter() - t)
+"#;
+
+fn rate(n: u64, d: Duration) -> String {
+    format!("{:.0}", n as f64 / d.as_secs_f64())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) only
+    // checks that the bench builds and runs on a tiny input.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: u64 = std::env::var("TALLY_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 10_000_000 } else { 20_000 });
+    let base = std::env::var_os("TALLY_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let (log_dir, tables, bare_dir) = (
+        work.path().join("log"),
+        work.path().join("tables"),
+        work.path().join("bare"),
+    );
+    let jsonl = work.path().join("events.jsonl");
+    std::fs::create_dir_all(&bare_dir).unwrap();
+
+    // The input: the log, and the same payloads as JSON Lines for DuckDB.
+    let t = Instant::now();
+    let log = Arc::new(SegmentLog::open(&log_dir, &LogConfig::default()).unwrap());
+    let mut lines = BufWriter::with_capacity(1 << 20, File::create(&jsonl).unwrap());
+    let mut rng = Rng(42);
+    let start = Timestamp::parse("2026-11-01T00:00:00Z")
+        .unwrap()
+        .as_micros();
+    let mut last = None;
+    let mut buf = Vec::with_capacity(1024);
+    for i in 0..n {
+        let e = event(&mut rng, i, start);
+        buf.clear();
+        tally_events::codec::encode_into(&e, &mut buf);
+        last = Some(log.append(&e.header().tenant, &buf).unwrap());
+        lines.write_all(&buf).unwrap();
+        lines.write_all(b"\n").unwrap();
+    }
+    lines.flush().unwrap();
+    if let Some(r) = last {
+        r.wait().unwrap();
+    }
+    let log_bytes = dir_bytes(&log_dir, "");
+    eprintln!(
+        "input: {n} events, log {:.0} MiB, JSON Lines {:.0} MiB, written in {:.1?}",
+        log_bytes as f64 / 1048576.0,
+        std::fs::metadata(&jsonl).unwrap().len() as f64 / 1048576.0,
+        t.elapsed()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // tally: the ledger's catch-up from the log into committed tables.
+    let cfg = LedgerConfig::default();
+    let batch_events = cfg.batch_max_events;
+    let (tally_time, summary) = rt.block_on(async {
+        let mut ledger = Ledger::open(
+            cfg,
+            tables.to_str().unwrap(),
+            log.clone() as Arc<dyn EventLog>,
+        )
+        .await
+        .unwrap();
+        let t = Instant::now();
+        let s = ledger.catch_up(|_, _| {}).await.unwrap();
+        (t.elapsed(), s)
+    });
+    assert_eq!(summary.total_rows(), n, "every event committed once");
+    let tally_bytes = dir_bytes(&tables, "parquet");
+
+    // (a) bare arrow-rs: the same batches (decoded and converted beforehand, untimed),
+    // written as Parquet files with the ledger's writer settings.
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut from = Position::START;
+    let t_convert = Instant::now();
+    loop {
+        let records = log.read(from, batch_events).unwrap();
+        let Some(r) = records.last() else { break };
+        from = r.next;
+        let (mut usage, mut decisions) = (Vec::new(), Vec::new());
+        for r in &records {
+            match tally_events::decode(&r.payload).unwrap() {
+                Event::Usage(u) => usage.push(u),
+                Event::Decision(d) => decisions.push(d),
+                Event::Correction(_) => {}
+            }
+        }
+        usage.sort_by_key(|u| u.header.occurred_at);
+        decisions.sort_by_key(|d| d.header.occurred_at);
+        batches.push(with_day_column(Table::Usage, &usage_to_batch(&usage).unwrap()).unwrap());
+        batches.push(
+            with_day_column(Table::Decisions, &decisions_to_batch(&decisions).unwrap()).unwrap(),
+        );
+    }
+    let convert_time = t_convert.elapsed();
+    let t = Instant::now();
+    for (i, b) in batches.iter().enumerate() {
+        let f = File::create(bare_dir.join(format!("{i:06}.parquet"))).unwrap();
+        let mut w = ArrowWriter::try_new(f, b.schema(), Some(parquet_writer_properties())).unwrap();
+        w.write(b).unwrap();
+        w.close().unwrap();
+    }
+    let bare_time = t.elapsed();
+    let bare_bytes = dir_bytes(&bare_dir, "parquet");
+    drop(batches);
+
+    // (b) DuckDB: JSON Lines to one zstd Parquet file, 2 threads.
+    let duck = python().and_then(|py| {
+        let out = work.path().join("duckdb.parquet");
+        let o = Command::new(py)
+            .args(["-c", DUCKDB])
+            .arg(&jsonl)
+            .arg(&out)
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            eprintln!("duckdb skipped: {}", String::from_utf8_lossy(&o.stderr));
+            return None;
+        }
+        let secs: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().ok()?;
+        Some((
+            Duration::from_secs_f64(secs),
+            std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0),
+        ))
+    });
+
+    let per_m = |bytes: u64| format!("{:.1} MiB", bytes as f64 / 1048576.0 / (n as f64 / 1e6));
+    println!("\n{n} events (90% usage, 10% decisions), 2 worker threads\n");
+    println!("| | time | events/s | Parquet per 1M events |");
+    println!("|---|---|---|---|");
+    println!(
+        "| tally ledger: log → committed Delta tables | {:.2?} | {} | {} |",
+        tally_time,
+        rate(n, tally_time),
+        per_m(tally_bytes)
+    );
+    println!(
+        "| bare arrow-rs Parquet write of the same batches | {:.2?} | {} | {} |",
+        bare_time,
+        rate(n, bare_time),
+        per_m(bare_bytes)
+    );
+    match duck {
+        Some((d, bytes)) => println!(
+            "| DuckDB: JSON Lines → Parquet | {:.2?} | {} | {} |",
+            d,
+            rate(n, d),
+            per_m(bytes)
+        ),
+        None => {
+            println!("| DuckDB: JSON Lines → Parquet | skipped (no duckdb in the test venv) | | |")
+        }
+    }
+    println!(
+        "\n(decode + Arrow conversion alone, untimed above for the bare writer: {:.2?}, {} events/s)",
+        convert_time,
+        rate(n, convert_time)
+    );
+    println!(
+        "tally vs bare writer: {:.0}%",
+        bare_time.as_secs_f64() / tally_time.as_secs_f64() * 100.0
+    );
+}
