@@ -35,7 +35,9 @@ use crate::config::QueryConfig;
 use crate::error::QueryError;
 use crate::safety;
 use crate::scope::{self, Principal};
-use crate::tables::{DeltaHandle, QuerySnapshot, TableSnapshot, TallyTable, normalize_tail};
+use crate::tables::{
+    DeltaHandle, ORG_TABLES, OrgTable, QuerySnapshot, TableSnapshot, TallyTable, normalize_tail,
+};
 use crate::tail::TailSource;
 use crate::views::views;
 
@@ -49,6 +51,8 @@ pub struct QueryEngine {
     /// The same session, for the Delta providers' scan settings.
     provider_session: Arc<SessionState>,
     handles: Vec<(Table, DeltaHandle)>,
+    /// Organisation-wide tables (admin only), registered once they exist.
+    org: Vec<(&'static str, DeltaHandle)>,
     tail: Option<Arc<dyn TailSource>>,
     object_stores: Arc<dyn ObjectStoreRegistry>,
 }
@@ -116,7 +120,14 @@ impl QueryEngine {
             let url = root
                 .join(&format!("{}/", t.name()))
                 .map_err(|e| QueryError::Config(format!("tables root `{root}`: {e}")))?;
-            handles.push((t, DeltaHandle::new(t, url)));
+            handles.push((t, DeltaHandle::new(t.name(), url)));
+        }
+        let mut org = Vec::new();
+        for name in ORG_TABLES {
+            let url = root
+                .join(&format!("{name}/"))
+                .map_err(|e| QueryError::Config(format!("tables root `{root}`: {e}")))?;
+            org.push((name, DeltaHandle::new(name, url)));
         }
 
         let partitions = if config.target_partitions == 0 {
@@ -179,6 +190,7 @@ impl QueryEngine {
             provider_session: Arc::new(base.clone()),
             base,
             handles,
+            org,
             tail,
             object_stores,
         })
@@ -211,6 +223,9 @@ impl QueryEngine {
     /// once. Without an app id (a tail that cannot say), the tail's own committed
     /// positions are used.
     async fn snapshot(&self, principal: &Principal) -> Result<QuerySnapshot, QueryError> {
+        if principal.tenant().is_none() {
+            self.register_org_tables().await?;
+        }
         let app_id = self
             .tail
             .as_ref()
@@ -255,6 +270,23 @@ impl QueryEngine {
             tables,
             tenant: principal.tenant().map(str::to_owned),
         })
+    }
+
+    /// Register (or move to their latest version) the organisation-wide tables that
+    /// exist. They are read at their latest version, not pinned per query.
+    async fn register_org_tables(&self) -> Result<(), QueryError> {
+        for (name, handle) in &self.org {
+            let Some(provider) = handle.refresh(&self.provider_session, None).await?.provider
+            else {
+                continue;
+            };
+            self.base
+                .schema_for_ref(*name)
+                .map_err(|e| QueryError::Internal(e.to_string()))?
+                .register_table((*name).to_owned(), Arc::new(OrgTable::new(provider)))
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// A session for one query: the shared catalog, a fresh memory pool, the snapshot.

@@ -33,4 +33,5 @@ pub use reports::Since;
 pub use reports::usage::{Dimension, TopBy, TopReport, UsageReport, top, usage_report};
 pub use reports::why::{Verdict, WhyReport, why};
 pub use scope::Principal;
+pub use tables::ORG_TABLES;
 pub use tail::{CommittedPositions, LogTail, TailSource};

@@ -13,7 +13,7 @@ use datafusion::functions_table::generate_series::GenerateSeriesTable;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, TableScan};
 
 use crate::error::QueryError;
-use crate::scope::{Principal, is_event_scan};
+use crate::scope::{Principal, is_event_scan, is_org_scan};
 
 /// The SQL options every query is verified with: no DDL, no DML, no statements.
 pub fn sql_options() -> SQLOptions {
@@ -88,7 +88,8 @@ fn forbidden(node: &LogicalPlan) -> Option<QueryError> {
 }
 
 fn allowed_scan(scan: &TableScan) -> bool {
-    if is_event_scan(scan) {
+    // Organisation-wide tables: tenant scoping refuses them to tenant tokens.
+    if is_event_scan(scan) || is_org_scan(scan) {
         return true;
     }
     let Ok(provider) = source_as_provider(&scan.source) else {

@@ -13,7 +13,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::error::QueryError;
-use crate::tables::TallyTable;
+use crate::tables::{OrgTable, TallyTable};
 
 /// Name of the column every event table is scoped by.
 pub const TENANT_COLUMN: &str = "tenant";
@@ -46,6 +46,13 @@ impl fmt::Display for Principal {
     }
 }
 
+/// Whether a scan reads an organisation-wide table (provider reports, runs).
+pub(crate) fn is_org_scan(scan: &TableScan) -> bool {
+    source_as_provider(&scan.source)
+        .map(|p| p.as_ref().downcast_ref::<OrgTable>().is_some())
+        .unwrap_or(false)
+}
+
 /// Whether a scan reads one of tally's event tables.
 pub(crate) fn is_event_scan(scan: &TableScan) -> bool {
     source_as_provider(&scan.source)
@@ -65,6 +72,23 @@ pub fn apply(plan: LogicalPlan, principal: &Principal) -> Result<LogicalPlan, Qu
     let Some(tenant) = principal.tenant() else {
         return Ok(plan);
     };
+    // Organisation-wide tables have no tenant column: not for tenant tokens.
+    let mut org_table = None;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && is_org_scan(scan)
+        {
+            org_table = Some(scan.table_name.to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| QueryError::Internal(format!("tenant scoping failed: {e}")))?;
+    if let Some(name) = org_table {
+        return Err(QueryError::Forbidden(format!(
+            "table {name} is organisation-wide (no tenant column): only admin tokens may read it"
+        )));
+    }
     let rewritten = plan
         .transform_up_with_subqueries(|node| match node {
             LogicalPlan::TableScan(scan) if is_event_scan(&scan) => {

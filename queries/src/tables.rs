@@ -240,9 +240,61 @@ pub(crate) fn normalize_tail(
         .collect()
 }
 
+/// Organisation-wide tables other parts of tally write under the same root (provider
+/// reports, reconciliation runs, export runs): readable with SQL by admin principals
+/// only, since they carry no tenant column. The names are the reconciler's table names.
+pub const ORG_TABLES: [&str; 5] = [
+    "provider_usage",
+    "provider_costs",
+    "reconciliation_runs",
+    "discrepancies",
+    "export_runs",
+];
+
+/// An organisation-wide table as SQL sees it: the Delta provider of its latest version,
+/// marked so tenant scoping can refuse it.
+#[derive(Debug)]
+pub(crate) struct OrgTable {
+    inner: Arc<dyn TableProvider>,
+}
+
+impl OrgTable {
+    pub(crate) fn new(inner: Arc<dyn TableProvider>) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl TableProvider for OrgTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+}
+
 /// One Delta table, kept open and refreshed to its latest version on demand.
 pub(crate) struct DeltaHandle {
-    table: Table,
+    name: String,
     url: Url,
     state: tokio::sync::Mutex<HandleState>,
 }
@@ -266,16 +318,16 @@ pub(crate) struct Refreshed {
 impl fmt::Debug for DeltaHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeltaHandle")
-            .field("table", &self.table)
+            .field("table", &self.name)
             .field("url", &self.url.as_str())
             .finish()
     }
 }
 
 impl DeltaHandle {
-    pub(crate) fn new(table: Table, url: Url) -> Self {
+    pub(crate) fn new(name: &str, url: Url) -> Self {
         Self {
-            table,
+            name: name.to_owned(),
             url,
             state: tokio::sync::Mutex::new(HandleState::default()),
         }
@@ -283,7 +335,7 @@ impl DeltaHandle {
 
     fn table_error(&self, detail: impl fmt::Display) -> QueryError {
         QueryError::Table {
-            table: self.table.name().to_owned(),
+            table: self.name.clone(),
             location: self.url.to_string(),
             detail: detail.to_string(),
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use tally_events::FinishState;
 use tally_events::arrow::Table;
 use tally_queries::{Principal, TailSource};
@@ -228,5 +229,58 @@ async fn metadata_does_not_leak_data_and_explain_is_admin_only() {
     ] {
         assert_eq!(err(&e, sql, &a).await.code(), "query.forbidden", "{sql}");
         e.collect(sql, &Principal::Admin).await.unwrap();
+    }
+}
+
+/// Organisation-wide tables under the same root (here `provider_costs`, as the
+/// reconciler writes it) are queryable by admins and refused to tenant tokens, directly
+/// and through subqueries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_tables_are_admin_only() {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let (dir, _f) = committed_fixture().await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("provider", DataType::Utf8, false),
+        Field::new("amount_micros", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["openai", "anthropic"])),
+            Arc::new(Int64Array::from(vec![1_250_000, 40_000])),
+        ],
+    )
+    .unwrap();
+    let table_dir = dir.path().join("provider_costs");
+    std::fs::create_dir_all(&table_dir).unwrap();
+    let url = url::Url::from_directory_path(&table_dir).unwrap();
+    deltalake::DeltaTable::try_from_url(url)
+        .await
+        .unwrap()
+        .write(vec![batch])
+        .await
+        .unwrap();
+
+    let e = tally_queries::QueryEngine::new(Default::default(), dir.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(
+            &e,
+            "SELECT sum(amount_micros) FROM provider_costs",
+            &Principal::Admin
+        )
+        .await,
+        1_290_000
+    );
+    for sql in [
+        "SELECT * FROM provider_costs",
+        "SELECT count(*) FROM usage WHERE cost_micros < (SELECT max(amount_micros) FROM provider_costs)",
+        "WITH c AS (SELECT * FROM provider_costs) SELECT count(*) FROM c",
+    ] {
+        let err = e.collect(sql, &acme()).await.unwrap_err();
+        assert_eq!(err.code(), "query.forbidden", "{sql}: {err}");
     }
 }
