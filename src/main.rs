@@ -147,6 +147,9 @@ enum Command {
     /// Billing export of a period: CSV or JSONL line items, Stripe meter events or
     /// CloudEvents, from the committed tables; `--close` freezes a period.
     Export(cmd::export::ExportArgs),
+    /// The query servers alone (split mode): admin HTTP API with /healthz and /readyz,
+    /// and the Postgres wire protocol, over the tables at ledger.tables_uri. Read-only.
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -192,6 +195,7 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Config(c) => cmd::config::run(c),
         Command::Export(args) => cmd::export::run(&cli.global, args),
+        Command::Serve(args) => cmd::serve::run(&cli.global, args),
         Command::Reconcile(args) => match cmd::reconcile::run(&cli.global, args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -109,9 +109,17 @@ fn within(diff: i64, reference: i64, abs: u64, rel: f64) -> bool {
 }
 
 impl ReconcileConfig {
-    /// Parse from YAML.
+    /// Parse from YAML: the settings themselves, or a file whose only key is
+    /// `reconcile:` (the section as it appears in tally's config file).
     pub fn from_yaml(text: &str) -> Result<Self, serde_yaml_ng::Error> {
-        serde_yaml_ng::from_str(text)
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
+        if let serde_yaml_ng::Value::Mapping(m) = &value
+            && m.len() == 1
+            && let Some(inner) = m.get("reconcile")
+        {
+            return serde_yaml_ng::from_value(inner.clone());
+        }
+        serde_yaml_ng::from_value(value)
     }
 
     /// Problems that make the config unusable, as readable sentences.
@@ -180,6 +188,10 @@ mod tests {
         };
         assert_eq!(c.problems().len(), 3);
         assert!(ReconcileConfig::from_yaml("bucket_secs: 60").is_err());
+        // The section as written in tally's config file works too.
+        let wrapped = ReconcileConfig::from_yaml("reconcile:\n  bucket_seconds: 60\n").unwrap();
+        assert_eq!(wrapped.bucket_seconds, 60);
+        assert!(ReconcileConfig::from_yaml("reconcile:\n  bucket_secs: 60\n").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub(crate) mod log;
 pub(crate) mod policy;
 pub(crate) mod query;
 pub(crate) mod reconcile;
+pub(crate) mod serve;
 pub(crate) mod simulate;
 pub(crate) mod up;
 
