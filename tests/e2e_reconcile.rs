@@ -624,6 +624,45 @@ reconcile:
         );
     }
 
+    // The same through `tally sql`: the run row, and the findings by cause.
+    let run_row = sql(
+        &cfg,
+        &data,
+        &format!(
+            "SELECT passed, findings, gateway_requests, provider_requests, unexplained_over_tolerance \
+             FROM reconciliation_runs WHERE run_id = '{run_id}'"
+        ),
+    );
+    assert_eq!(
+        run_row,
+        format!(
+            "passed,findings,gateway_requests,provider_requests,unexplained_over_tolerance\ntrue,{},7,9,0\n",
+            printed.len()
+        )
+    );
+    let mut by_cause: std::collections::BTreeMap<String, (usize, i64)> = Default::default();
+    for f in printed {
+        let e = by_cause
+            .entry(f["cause"].as_str().unwrap().to_owned())
+            .or_default();
+        e.0 += 1;
+        e.1 += int(&f["money_micros"]);
+    }
+    let expected_csv: String = std::iter::once("cause,n,money\n".to_owned())
+        .chain(by_cause.iter().map(|(c, (n, m))| format!("{c},{n},{m}\n")))
+        .collect();
+    assert_eq!(
+        sql(
+            &cfg,
+            &data,
+            &format!(
+                "SELECT cause, count(*) AS n, sum(money_micros) AS money FROM discrepancies \
+                 WHERE run_id = '{run_id}' GROUP BY cause ORDER BY cause"
+            ),
+        ),
+        expected_csv
+    );
+
     // Pulling again adds nothing; the Markdown report says the same.
     let r = reconcile(
         &cfg,

@@ -10,8 +10,9 @@
 //!    mapped onto it → `model_alias` (informational: the figures then match);
 //! 3. a difference in one bucket cancelled exactly by the next bucket → `bucket_skew`;
 //! 4. equal input but a different cached/cache-write split → `cached_token_reporting`;
-//! 5. extra provider output only, where the gateway saw aborted streams →
-//!    `aborted_stream_billed`;
+//! 5. extra provider output, where the gateway saw aborted streams →
+//!    `aborted_stream_billed` (with an input difference no larger than the gateway's
+//!    estimate for streams cancelled before their final usage);
 //! 6. extra provider tokens (and at most as many extra requests as failed attempts),
 //!    where gateway attempts failed or timed out → `retries`;
 //! 7. extra provider requests and tokens where the gateway recorded no event for at least

@@ -36,9 +36,14 @@ pub(crate) struct ReconcileArgs {
     /// Base URL of the provider's admin API for --pull (e.g. the simulator's).
     #[arg(long, env = "TALLY_RECONCILE_BASE_URL")]
     base_url: Option<String>,
-    /// Import these report files first (format detected from the content).
+    /// Import these report files first (format detected from the content unless
+    /// --import-format names it). Repeatable.
     #[arg(long = "from-file", value_name = "FILE")]
     from_file: Vec<PathBuf>,
+    /// Format of the --from-file files: openai-usage, openai-costs, anthropic-usage,
+    /// anthropic-costs, gcp-billing or csv. Default: detected from each file's content.
+    #[arg(long, value_name = "FORMAT")]
+    import_format: Option<String>,
     /// Column mapping for generic CSV invoice files.
     #[arg(long, value_name = "FILE")]
     mapping: Option<PathBuf>,
@@ -89,6 +94,10 @@ pub(crate) fn run(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> {
         bail!("reconcile.config: {}", problems.join("; "));
     }
     let period = period(&args.period)?;
+    let import_format: Option<import::Format> = match &args.import_format {
+        Some(f) => Some(f.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let provider = args.provider.to_ascii_lowercase();
     if !matches!(provider.as_str(), "openai" | "anthropic" | "gemini") {
         bail!("reconcile.provider: unknown provider `{provider}`: use openai, anthropic or gemini");
@@ -98,7 +107,7 @@ pub(crate) fn run(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> {
         let root = cfg.tables_root();
         let store = ReconStore::open(&root, Vec::<(String, String)>::new())?;
         for f in &args.from_file {
-            let s = import::import_file(&store, None, f, args.mapping.as_deref()).await?;
+            let s = import::import_file(&store, import_format, f, args.mapping.as_deref()).await?;
             eprintln!(
                 "imported {}: {} page(s); usage {} new, {} replaced; costs {} new, {} replaced",
                 f.display(),

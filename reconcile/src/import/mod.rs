@@ -198,7 +198,7 @@ pub fn detect(bytes: &[u8], name: &str) -> Result<Format, ReconcileError> {
         }
         return Err(ReconcileError::parse(
             name,
-            "a JSON file, but not a report this importer knows (or a page without results); name the format (openai-usage, openai-costs, anthropic-usage, anthropic-costs)",
+            "a JSON file, but not a report this importer knows (or a page without results); name the format (`tally reconcile --import-format openai-usage|openai-costs|anthropic-usage|anthropic-costs`)",
         ));
     }
     let first_line = trimmed
@@ -217,7 +217,7 @@ pub fn detect(bytes: &[u8], name: &str) -> Result<Format, ReconcileError> {
     }
     Err(ReconcileError::parse(
         name,
-        "neither JSON nor CSV with a header line; name the format",
+        "neither JSON nor CSV with a header line; name the format (`tally reconcile --import-format …`)",
     ))
 }
 
