@@ -38,7 +38,10 @@ fn doc_yaml_blocks() -> Vec<String> {
     let mut current: Option<String> = None;
     for line in doc.lines() {
         match (&mut current, line.trim_end()) {
-            (None, "```yaml") => current = Some(String::new()),
+            // ```yaml, or ```yaml FILE (the docs harness writes the block to FILE)
+            (None, l) if l == "```yaml" || l.starts_with("```yaml ") => {
+                current = Some(String::new())
+            }
             (Some(b), "```") => {
                 blocks.push(std::mem::take(b));
                 current = None;

@@ -53,6 +53,10 @@ pub struct QueryEngine {
     handles: Vec<(Table, DeltaHandle)>,
     /// Organisation-wide tables (admin only), registered once they exist.
     org: Vec<(&'static str, DeltaHandle)>,
+    /// The provider registered last per organisation-wide table (re-registered only when
+    /// the table moved to a new version).
+    org_registered:
+        parking_lot::Mutex<HashMap<&'static str, Arc<dyn datafusion::datasource::TableProvider>>>,
     tail: Option<Arc<dyn TailSource>>,
     object_stores: Arc<dyn ObjectStoreRegistry>,
 }
@@ -191,6 +195,7 @@ impl QueryEngine {
             base,
             handles,
             org,
+            org_registered: parking_lot::Mutex::new(HashMap::new()),
             tail,
             object_stores,
         })
@@ -280,11 +285,29 @@ impl QueryEngine {
             else {
                 continue;
             };
-            self.base
+            if self
+                .org_registered
+                .lock()
+                .get(name)
+                .is_some_and(|p| Arc::ptr_eq(p, &provider))
+            {
+                continue;
+            }
+            let schema = self
+                .base
                 .schema_for_ref(*name)
-                .map_err(|e| QueryError::Internal(e.to_string()))?
-                .register_table((*name).to_owned(), Arc::new(OrgTable::new(provider)))
                 .map_err(|e| QueryError::Internal(e.to_string()))?;
+            // Registering replaces nothing: drop the previous version's provider first.
+            schema
+                .deregister_table(name)
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+            schema
+                .register_table(
+                    (*name).to_owned(),
+                    Arc::new(OrgTable::new(provider.clone())),
+                )
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+            self.org_registered.lock().insert(name, provider);
         }
         Ok(())
     }

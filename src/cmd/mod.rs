@@ -32,11 +32,15 @@ pub(crate) fn load_config(global: &GlobalArgs) -> Result<TallyConfig> {
 pub(crate) fn init_tracing(json: bool, filter: &str) {
     // The Delta kernel logs an ERROR when it probes a table that does not exist yet (the
     // ledger then creates it); real failures surface as ledger errors, so mute the probe.
-    let filter = if filter.contains("buoyant_kernel") {
-        filter.to_owned()
-    } else {
-        format!("{filter},buoyant_kernel::snapshot::builder=off")
-    };
+    let mut filter = filter.to_owned();
+    if !filter.contains("buoyant_kernel") {
+        filter.push_str(",buoyant_kernel::snapshot::builder=off");
+    }
+    // delta-rs warns on every MERGE (the reconciler's idempotent imports) that one of its
+    // own metrics is missing: noise for users, so only its errors show.
+    if !filter.contains("deltalake_core") {
+        filter.push_str(",deltalake_core::operations::merge=error");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

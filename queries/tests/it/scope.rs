@@ -275,6 +275,16 @@ async fn org_tables_are_admin_only() {
         .await,
         1_290_000
     );
+    // Again (the table is registered already), and as a join with an event table.
+    assert_eq!(
+        scalar(
+            &e,
+            "SELECT count(*) FROM provider_costs, usage WHERE provider_costs.provider = 'openai'",
+            &Principal::Admin
+        )
+        .await,
+        scalar(&e, "SELECT count(*) FROM usage", &Principal::Admin).await
+    );
     for sql in [
         "SELECT * FROM provider_costs",
         "SELECT count(*) FROM usage WHERE cost_micros < (SELECT max(amount_micros) FROM provider_costs)",
