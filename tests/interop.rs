@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::cli::{run_ok as tally, sql_numbers as sql};
 use common::synth::write_events_at;
 use tally_events::Timestamp;
 
@@ -40,31 +40,6 @@ for table in ["usage", "decisions", "corrections"]:
     out[table] = r
 print(json.dumps(out))
 "#;
-
-fn tally(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("TALLY_CONFIG")
-        .env("TALLY_LOG_FILTER", "error")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tally {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn sql(data_dir: &Path, query: &str) -> Vec<u64> {
-    let text = tally(data_dir, &["sql", "--format", "csv", query]);
-    let row = text.lines().nth(1).unwrap_or_else(|| panic!("{text}"));
-    row.split(',')
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{row}")))
-        .collect()
-}
 
 #[test]
 fn delta_rs_duckdb_and_pyarrow_read_what_tally_sql_reads() {

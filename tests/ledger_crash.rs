@@ -7,13 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::cli::{run_ok, sql_numbers as sql, tally_in};
 use common::synth::write_events;
 
 const KILLS: usize = 22;
@@ -34,27 +35,9 @@ impl Rng {
     }
 }
 
-fn tally(data_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("TALLY_CONFIG")
-        .env("TALLY_LOG_FILTER", "error");
-    c
-}
-
 /// `tally ledger status --json`.
 fn status(data_dir: &Path) -> serde_json::Value {
-    let out = tally(data_dir)
-        .args(["ledger", "status", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&run_ok(data_dir, &["ledger", "status", "--json"])).unwrap()
 }
 
 /// Committed rows of every table (0 before the first commit).
@@ -65,23 +48,6 @@ fn committed_rows(status: &serde_json::Value) -> u64 {
         .iter()
         .map(|t| t["rows"].as_u64().unwrap_or(0))
         .sum()
-}
-
-fn sql(data_dir: &Path, query: &str) -> Vec<u64> {
-    let out = tally(data_dir)
-        .args(["sql", "--format", "csv", query])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let row = text.lines().nth(1).unwrap_or_else(|| panic!("{text}"));
-    row.split(',')
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{row}")))
-        .collect()
 }
 
 #[test]
@@ -124,7 +90,7 @@ fn sigkill_at_random_moments_neither_loses_nor_duplicates() {
     let mut progressed = 0;
     let mut committed = 0;
     while kills < KILLS || !done.load(Ordering::SeqCst) {
-        let mut child = tally(&data_dir)
+        let mut child = tally_in(&data_dir)
             .args(["ledger", "run"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -160,15 +126,7 @@ fn sigkill_at_random_moments_neither_loses_nor_duplicates() {
         "only {progressed} of {kills} runs committed anything before being killed"
     );
 
-    let out = tally(&data_dir)
-        .args(["ledger", "run", "--once"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&data_dir, &["ledger", "run", "--once"]);
 
     // The tables, not the log tail: every table is committed up to the log's end.
     let status = status(&data_dir);

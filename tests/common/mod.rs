@@ -2,6 +2,7 @@
 //! temporary data directory, find its addresses, stop it, and read back its events.
 #![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod cli;
 pub mod synth;
 
 use std::io::{BufRead, BufReader};
