@@ -42,5 +42,5 @@ pub use error::{Cause, LedgerError};
 pub use maintenance::{OptimizeSummary, VacuumSummary};
 pub use materializer::{Ledger, LedgerHandle, StepSummary};
 pub use position::{app_id, txn_position, txn_version};
-pub use tables::writer_properties as parquet_writer_properties;
 pub use status::{LedgerCounters, LedgerStatus, TableStatus, UndecodableRecord, ledger_status};
+pub use tables::writer_properties as parquet_writer_properties;
