@@ -206,26 +206,9 @@ fn main() {
         .build()
         .unwrap();
 
-    // tally: the ledger's catch-up from the log into committed tables.
-    let cfg = LedgerConfig::default();
-    let batch_events = cfg.batch_max_events;
-    let (tally_time, summary) = rt.block_on(async {
-        let mut ledger = Ledger::open(
-            cfg,
-            tables.to_str().unwrap(),
-            log.clone() as Arc<dyn EventLog>,
-        )
-        .await
-        .unwrap();
-        let t = Instant::now();
-        let s = ledger.catch_up(|_, _| {}).await.unwrap();
-        (t.elapsed(), s)
-    });
-    assert_eq!(summary.total_rows(), n, "every event committed once");
-    let tally_bytes = dir_bytes(&tables, "parquet");
-
     // (a) bare arrow-rs: the same batches (decoded and converted beforehand, untimed),
     // written as Parquet files with the ledger's writer settings.
+    let batch_events = LedgerConfig::default().batch_max_events;
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut from = Position::START;
     let t_convert = Instant::now();
@@ -260,20 +243,48 @@ fn main() {
     let bare_bytes = dir_bytes(&bare_dir, "parquet");
     drop(batches);
 
+    // tally: the ledger's catch-up from the log into committed tables. Last, because it
+    // checkpoints the log (reclaiming the segments it committed).
+    let cfg = LedgerConfig::default();
+    let (tally_time, summary) = rt.block_on(async {
+        let mut ledger = Ledger::open(
+            cfg,
+            tables.to_str().unwrap(),
+            log.clone() as Arc<dyn EventLog>,
+        )
+        .await
+        .unwrap();
+        let t = Instant::now();
+        let s = ledger.catch_up(|_, _| {}).await.unwrap();
+        (t.elapsed(), s)
+    });
+    assert_eq!(summary.total_rows(), n, "every event committed once");
+    let tally_bytes = dir_bytes(&tables, "parquet");
+
     // (b) DuckDB: JSON Lines to one zstd Parquet file, 2 threads.
     let duck = python().and_then(|py| {
         let out = work.path().join("duckdb.parquet");
-        let o = Command::new(py)
+        let o = match Command::new(py)
             .args(["-c", DUCKDB])
             .arg(&jsonl)
             .arg(&out)
             .output()
-            .ok()?;
-        if !o.status.success() {
-            eprintln!("duckdb skipped: {}", String::from_utf8_lossy(&o.stderr));
+        {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("duckdb skipped: {e}");
+                return None;
+            }
+        };
+        let secs: Option<f64> = String::from_utf8_lossy(&o.stdout).trim().parse().ok();
+        let Some(secs) = secs.filter(|_| o.status.success()) else {
+            eprintln!(
+                "duckdb failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
             return None;
-        }
-        let secs: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().ok()?;
+        };
         Some((
             Duration::from_secs_f64(secs),
             std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0),
