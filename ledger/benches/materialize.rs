@@ -93,7 +93,7 @@ fn event(rng: &mut Rng, i: u64, start: i64) -> Event {
         header: h,
         upstream: Some("main".into()),
         status_code: Some(200),
-        streamed: i % 3 == 0,
+        streamed: i.is_multiple_of(3),
         finish_state: FinishState::Completed,
         tokens: TokenCounts {
             input_tokens: input,
