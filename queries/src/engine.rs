@@ -280,9 +280,15 @@ impl QueryEngine {
     /// Register (or move to their latest version) the organisation-wide tables that
     /// exist. They are read at their latest version, not pinned per query.
     async fn register_org_tables(&self) -> Result<(), QueryError> {
-        for (name, handle) in &self.org {
-            let Some(provider) = handle.refresh(&self.provider_session, None).await?.provider
-            else {
+        // One listing per table (a LIST each on S3): all at once.
+        let refreshed = futures_util::future::join_all(
+            self.org
+                .iter()
+                .map(|(_, h)| h.refresh(&self.provider_session, None)),
+        )
+        .await;
+        for ((name, _), r) in self.org.iter().zip(refreshed) {
+            let Some(provider) = r?.provider else {
                 continue;
             };
             if self
