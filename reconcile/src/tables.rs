@@ -18,6 +18,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 use deltalake::kernel::StructType;
@@ -315,7 +316,26 @@ impl ReconStore {
         from: Option<Timestamp>,
         to: Option<Timestamp>,
     ) -> Result<Vec<ProviderUsageRow>, ReconcileError> {
-        let t = ReconTable::ProviderUsage;
+        self.read_rows(provider, from, to).await
+    }
+
+    /// Provider cost rows, as [`ReconStore::read_usage`].
+    pub async fn read_costs(
+        &self,
+        provider: Option<&str>,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+    ) -> Result<Vec<ProviderCostRow>, ReconcileError> {
+        self.read_rows(provider, from, to).await
+    }
+
+    async fn read_rows<R: ReportRow>(
+        &self,
+        provider: Option<&str>,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+    ) -> Result<Vec<R>, ReconcileError> {
+        let t = R::TABLE;
         let batches = self
             .scan(
                 t.name(),
@@ -326,33 +346,10 @@ impl ReconStore {
         let mut out = Vec::new();
         for b in &batches {
             out.extend(
-                usage_rows(b).map_err(|e| ReconcileError::storage(t.name(), "decoding", e))?,
+                R::from_batch(b).map_err(|e| ReconcileError::storage(t.name(), "decoding", e))?,
             );
         }
-        out.sort_by_cached_key(|r| (r.bucket_start, r.row_id()));
-        Ok(out)
-    }
-
-    /// Provider cost rows, as [`ReconStore::read_usage`].
-    pub async fn read_costs(
-        &self,
-        provider: Option<&str>,
-        from: Option<Timestamp>,
-        to: Option<Timestamp>,
-    ) -> Result<Vec<ProviderCostRow>, ReconcileError> {
-        let t = ReconTable::ProviderCosts;
-        let batches = self
-            .scan(
-                t.name(),
-                range_filter(provider, from, to),
-                Some(&t.schema()),
-            )
-            .await?;
-        let mut out = Vec::new();
-        for b in &batches {
-            out.extend(cost_rows(b).map_err(|e| ReconcileError::storage(t.name(), "decoding", e))?);
-        }
-        out.sort_by_cached_key(|r| (r.bucket_start, r.row_id()));
+        out.sort_by_cached_key(|r| (r.bucket_start(), r.row_id()));
         Ok(out)
     }
 
@@ -398,27 +395,7 @@ impl ReconStore {
         &self,
         rows: &[ProviderUsageRow],
     ) -> Result<UpsertSummary, ReconcileError> {
-        let t = ReconTable::ProviderUsage;
-        let incoming = last_by_id(rows, ProviderUsageRow::row_id);
-        let (Some(lo), Some(hi)) = (
-            incoming.iter().map(|(_, r)| r.bucket_start).min(),
-            incoming.iter().map(|(_, r)| r.bucket_start).max(),
-        ) else {
-            return Ok(UpsertSummary::default());
-        };
-        let stored: HashMap<String, ProviderUsageRow> = self
-            .read_usage(None, Some(lo), Some(hi.plus_micros(1)))
-            .await?
-            .into_iter()
-            .map(|r| (r.row_id(), r))
-            .collect();
-        let (summary, changed) = diff(incoming, &stored);
-        if !changed.is_empty() {
-            let batch = usage_batch(&changed, Timestamp::now())
-                .map_err(|e| ReconcileError::storage(t.name(), "encoding rows", e))?;
-            self.merge(t, batch).await?;
-        }
-        Ok(summary)
+        self.upsert(rows).await
     }
 
     /// Insert or replace `rows` in `provider_costs` by `row_id`, as
@@ -427,23 +404,27 @@ impl ReconStore {
         &self,
         rows: &[ProviderCostRow],
     ) -> Result<UpsertSummary, ReconcileError> {
-        let t = ReconTable::ProviderCosts;
-        let incoming = last_by_id(rows, ProviderCostRow::row_id);
+        self.upsert(rows).await
+    }
+
+    async fn upsert<R: ReportRow>(&self, rows: &[R]) -> Result<UpsertSummary, ReconcileError> {
+        let t = R::TABLE;
+        let incoming = last_by_id(rows, R::row_id);
         let (Some(lo), Some(hi)) = (
-            incoming.iter().map(|(_, r)| r.bucket_start).min(),
-            incoming.iter().map(|(_, r)| r.bucket_start).max(),
+            incoming.iter().map(|(_, r)| r.bucket_start()).min(),
+            incoming.iter().map(|(_, r)| r.bucket_start()).max(),
         ) else {
             return Ok(UpsertSummary::default());
         };
-        let stored: HashMap<String, ProviderCostRow> = self
-            .read_costs(None, Some(lo), Some(hi.plus_micros(1)))
+        let stored: HashMap<String, R> = self
+            .read_rows::<R>(None, Some(lo), Some(hi.plus_micros(1)))
             .await?
             .into_iter()
             .map(|r| (r.row_id(), r))
             .collect();
         let (summary, changed) = diff(incoming, &stored);
         if !changed.is_empty() {
-            let batch = costs_batch(&changed, Timestamp::now())
+            let batch = R::to_batch(&changed, Timestamp::now())
                 .map_err(|e| ReconcileError::storage(t.name(), "encoding rows", e))?;
             self.merge(t, batch).await?;
         }
@@ -488,6 +469,48 @@ impl ReconStore {
 }
 
 /// `(row_id, row)` pairs, one per id, the last occurrence winning, in first-seen order.
+/// A row of one of the provider report tables: its table, identity, bucket and Arrow
+/// encoding, so reading and upserting are written once for both.
+trait ReportRow: Clone + PartialEq {
+    const TABLE: ReconTable;
+    fn row_id(&self) -> String;
+    fn bucket_start(&self) -> Timestamp;
+    fn to_batch(rows: &[Self], now: Timestamp) -> Result<RecordBatch, ArrowError>;
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ArrowError>;
+}
+
+impl ReportRow for ProviderUsageRow {
+    const TABLE: ReconTable = ReconTable::ProviderUsage;
+    fn row_id(&self) -> String {
+        ProviderUsageRow::row_id(self)
+    }
+    fn bucket_start(&self) -> Timestamp {
+        self.bucket_start
+    }
+    fn to_batch(rows: &[Self], now: Timestamp) -> Result<RecordBatch, ArrowError> {
+        usage_batch(rows, now)
+    }
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ArrowError> {
+        usage_rows(batch)
+    }
+}
+
+impl ReportRow for ProviderCostRow {
+    const TABLE: ReconTable = ReconTable::ProviderCosts;
+    fn row_id(&self) -> String {
+        ProviderCostRow::row_id(self)
+    }
+    fn bucket_start(&self) -> Timestamp {
+        self.bucket_start
+    }
+    fn to_batch(rows: &[Self], now: Timestamp) -> Result<RecordBatch, ArrowError> {
+        costs_batch(rows, now)
+    }
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ArrowError> {
+        cost_rows(batch)
+    }
+}
+
 fn last_by_id<R: Clone>(rows: &[R], id: impl Fn(&R) -> String) -> Vec<(String, R)> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut out: Vec<(String, R)> = Vec::new();
