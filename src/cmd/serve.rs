@@ -65,19 +65,13 @@ pub(crate) fn run(global: &GlobalArgs, args: ServeArgs) -> Result<()> {
         println!(
             "tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)"
         );
-        let mut pg_task = None;
-        if cfg.postgres.enabled {
-            let pg = tokio::net::TcpListener::bind(cfg.postgres.listen)
-                .await
-                .with_context(|| {
-                    format!("postgres.bind: cannot listen on {}", cfg.postgres.listen)
-                })?;
-            println!("tally postgres wire on {}", pg.local_addr()?);
-            pg_task = Some(tokio::spawn(tally_queries::serve_postgres_on(
-                engine.clone(),
-                pg,
-            )));
-        }
+        let pg_task = match super::up::start_postgres(&cfg, &engine).await? {
+            Some((addr, task)) => {
+                println!("tally postgres wire on {addr}");
+                Some(task)
+            }
+            None => None,
+        };
         println!("  tables: {}", cfg.tables_root());
         axum::serve(admin, router)
             .with_graceful_shutdown(super::up::shutdown_signal())

@@ -212,20 +212,10 @@ impl Stack {
         };
         let router = tally_queries::router(engine.clone()).merge(ops::router(ops));
         let admin_task = tokio::spawn(async move { axum::serve(admin, router).await });
-        let mut pg_task = None;
-        let mut pg_addr = None;
-        if cfg.postgres.enabled {
-            let pg = tokio::net::TcpListener::bind(cfg.postgres.listen)
-                .await
-                .with_context(|| {
-                    format!("postgres.bind: cannot listen on {}", cfg.postgres.listen)
-                })?;
-            pg_addr = Some(pg.local_addr()?);
-            pg_task = Some(tokio::spawn(tally_queries::serve_postgres_on(
-                engine.clone(),
-                pg,
-            )));
-        }
+        let (pg_addr, pg_task) = match start_postgres(cfg, &engine).await? {
+            Some((addr, task)) => (Some(addr), Some(task)),
+            None => (None, None),
+        };
 
         // Counters are a projection of events: fold the usage in the log back in, so a
         // restart resets no budget and no window.
@@ -394,6 +384,22 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         println!("tally stopped; event log durable up to {durable_end}");
         Ok(())
     })
+}
+
+/// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it.
+pub(crate) async fn start_postgres(
+    cfg: &TallyConfig,
+    engine: &Arc<QueryEngine>,
+) -> Result<Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>> {
+    if !cfg.postgres.enabled {
+        return Ok(None);
+    }
+    let pg = tokio::net::TcpListener::bind(cfg.postgres.listen)
+        .await
+        .with_context(|| format!("postgres.bind: cannot listen on {}", cfg.postgres.listen))?;
+    let addr = pg.local_addr()?;
+    let task = tokio::spawn(tally_queries::serve_postgres_on(engine.clone(), pg));
+    Ok(Some((addr, task)))
 }
 
 /// Ctrl-C or SIGTERM.
