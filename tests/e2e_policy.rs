@@ -1,11 +1,13 @@
 //! Policies through the real binary: `tally policy check` on good and bad files, and a
-//! budget that still holds after a restart (counters are rebuilt from the event log).
+//! budget that still holds after a restart (counters are rebuilt from the tables and the
+//! event log), also once the ledger has reclaimed the log segments it committed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::Tally;
 
@@ -55,39 +57,42 @@ fn policy_check_accepts_the_cookbook_and_explains_mistakes() {
     );
 }
 
-#[test]
-fn a_spent_budget_stays_spent_across_restarts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let policies = tmp.path().join("policies.yaml");
+fn send_chat(proxy: &str) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(format!("{proxy}/v1/chat/completions"))
+        .header("authorization", "Bearer dev-acme-1")
+        .header("x-sim-output-tokens", "100")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Writes a 600-token daily cap and a config (plus `extra` YAML) into `dir`; returns the
+/// arguments for `tally up`.
+fn capped_config(dir: &std::path::Path, extra: &str) -> Vec<String> {
+    let policies = dir.join("policies.yaml");
     std::fs::write(
         &policies,
         "rules:\n  - name: acme-daily\n    action: usage-cap\n    limit_tokens: 600\n    unit: tokens\n    period: day\n",
     )
     .unwrap();
-    let config = tmp.path().join("tally.yaml");
+    let config = dir.join("tally.yaml");
     std::fs::write(
         &config,
-        format!("proxy:\n  policy_file: {}\n", policies.display()),
+        format!("proxy:\n  policy_file: {}\n{extra}", policies.display()),
     )
     .unwrap();
-    let data_dir = tmp.path().join("data");
-    let args = ["--config", config.to_str().unwrap()];
-    let send = |proxy: &str| {
-        reqwest::blocking::Client::new()
-            .post(format!("{proxy}/v1/chat/completions"))
-            .header("authorization", "Bearer dev-acme-1")
-            .header("x-sim-output-tokens", "100")
-            .header("content-type", "application/json")
-            .body(r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#)
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    let t = Tally::start(&data_dir, &args);
+    vec!["--config".into(), config.to_str().unwrap().into()]
+}
+
+/// Sends requests until the cap refuses one; returns the statuses.
+fn spend_the_budget(proxy: &str) -> Vec<u16> {
     let mut statuses = Vec::new();
     for _ in 0..20 {
-        let s = send(&t.proxy);
+        let s = send_chat(proxy);
         statuses.push(s);
         if s == 429 {
             break;
@@ -102,7 +107,65 @@ fn a_spent_budget_stays_spent_across_restarts() {
         statuses.iter().filter(|s| **s == 200).count() >= 3,
         "{statuses:?}"
     );
+    statuses
+}
+
+#[test]
+fn a_spent_budget_stays_spent_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = capped_config(tmp.path(), "");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let data_dir = tmp.path().join("data");
+    let t = Tally::start(&data_dir, &args);
+    spend_the_budget(&t.proxy);
     t.stop();
     let t = Tally::start(&data_dir, &args);
-    assert_eq!(send(&t.proxy), 429, "a restart must not reset the budget");
+    assert_eq!(
+        send_chat(&t.proxy),
+        429,
+        "a restart must not reset the budget"
+    );
+}
+
+#[test]
+fn a_spent_budget_stays_spent_after_the_ledger_reclaimed_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Tiny log segments and quick commits: the ledger commits the usage to the tables
+    // and deletes the sealed segments, so the log alone no longer holds the spending.
+    let args = capped_config(
+        tmp.path(),
+        "log:\n  segment_bytes: 1024\nledger:\n  batch_max_age_ms: 50\n  idle_commit_secs: 1\n",
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let data_dir = tmp.path().join("data");
+    let t = Tally::start(&data_dir, &args);
+    let admitted = spend_the_budget(&t.proxy)
+        .iter()
+        .filter(|s| **s == 200)
+        .count();
+    let log_dir = data_dir.join("log");
+    let first_segment = log_dir.join(format!("{:020}.seg", 0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while first_segment.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the ledger did not reclaim the first log segment within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.stop();
+    let in_log = common::read_events(&data_dir)
+        .iter()
+        .filter(|e| matches!(e, tally_events::Event::Usage(u) if u.finish_state == tally_events::FinishState::Completed))
+        .count();
+    assert!(
+        in_log < admitted,
+        "the log must have lost some of the {admitted} admitted requests' usage ({in_log} left)"
+    );
+    let t = Tally::start(&data_dir, &args);
+    assert_eq!(
+        send_chat(&t.proxy),
+        429,
+        "a restart after log retention must not reset the budget"
+    );
 }

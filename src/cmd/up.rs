@@ -217,27 +217,7 @@ impl Stack {
             None => (None, None),
         };
 
-        // Counters are a projection of events: fold the usage in the log back in, so a
-        // restart resets no budget and no window.
-        let mut pos = Position::START;
-        let mut folded = 0u64;
-        while !state.policy.policy().is_empty() {
-            let records = log.read(pos, 10_000)?;
-            let Some(last) = records.last() else { break };
-            pos = last.next;
-            for r in &records {
-                if let Ok(tally_events::Event::Usage(u)) = tally_events::decode(&r.payload) {
-                    state.policy.rebuild(&u);
-                    folded += 1;
-                }
-            }
-        }
-        if folded > 0 {
-            tracing::info!(
-                usage_events = folded,
-                "policy counters rebuilt from the event log"
-            );
-        }
+        rebuild_counters(&state.policy, &engine).await?;
         let sweeper = {
             let state = state.clone();
             tokio::spawn(async move {
@@ -387,6 +367,40 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
 }
 
 /// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it.
+/// Counters are a projection of events: fold back in the usage that can still count
+/// (since [`tally_enforcer::policy::PolicyEngine::history_start`]), read from the
+/// committed tables plus the log tail, so a restart resets no budget and no window, even
+/// after the ledger has reclaimed the log segments it committed.
+pub(crate) async fn rebuild_counters(
+    policy: &tally_enforcer::policy::PolicyEngine,
+    engine: &QueryEngine,
+) -> Result<()> {
+    let Some(since) = policy.history_start(tally_events::Timestamp::now()) else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let folded = tally_queries::reports::history::usage_since(engine, since, |u| {
+        policy.rebuild(u)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "policy.rebuild_failed: cannot read the usage since {since} to rebuild policy counters; \
+             the proxy does not start with budgets it cannot account for (check the tables, or \
+             raise queries.timeout_ms if the history is large)"
+        )
+    })?;
+    if folded > 0 {
+        tracing::info!(
+            usage_events = folded,
+            since = %since,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "policy counters rebuilt from the tables and the event log"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn start_postgres(
     cfg: &TallyConfig,
     engine: &Arc<QueryEngine>,

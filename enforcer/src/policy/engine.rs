@@ -22,6 +22,7 @@ use crate::policy::access::{self, Step};
 use crate::policy::counters::{Counter, CounterKey, CounterState, CounterStore, Meter, Shape};
 use crate::policy::expr::{Activation, CompiledExpr, Vars};
 use crate::policy::file::{Action, Mode, OnError, OnExceed, PolicySet, Rule, Unit};
+use crate::policy::period;
 use crate::policy::rate_limit::{self, Facts};
 use crate::policy::usage_cap;
 use crate::policy::{CounterSnapshot, Evaluation, RequestAttrs, StreamVerdict, Verdict};
@@ -805,6 +806,23 @@ impl PolicyEngine {
                 break;
             }
         }
+    }
+
+    /// The oldest instant whose usage can still count in some counter at `now`: the start
+    /// of each cap's current period (in its time zone) and `now − window` of each rate
+    /// limit, whichever is earliest. `None` when no rule counts anything. Rebuilding
+    /// folds the usage since then ([`PolicyEngine::rebuild`]); older usage cannot matter.
+    pub fn history_start(&self, now: Timestamp) -> Option<Timestamp> {
+        let set = self.policy();
+        set.rules
+            .iter()
+            .filter_map(|rule| match Shape::of(rule)? {
+                Shape::Window { window_us, .. } | Shape::Bucket { window_us, .. } => {
+                    Some(now.plus_micros(-window_us))
+                }
+                Shape::Cap { period, tz, .. } => Some(period::bounds(period, tz, now).0),
+            })
+            .min()
     }
 
     /// Every counter's state at `now`, in creation order.
