@@ -89,9 +89,10 @@ enum Command {
     },
     /// Why was this request blocked (or not)? Its decision trace and usage.
     Why {
-        /// The `x-tally-request-id` of the request.
-        request_id: String,
-        /// Print JSON.
+        /// The `x-tally-request-id` of the request (several: one report each).
+        #[arg(required = true, num_args = 1..)]
+        request_ids: Vec<String>,
+        /// Print JSON (an array when several ids are given).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -174,10 +175,10 @@ fn main() -> ExitCode {
             access,
         } => cmd::query::sql(&cli.global, query, format, access),
         Command::Why {
-            request_id,
+            request_ids,
             json,
             access,
-        } => cmd::query::why(&cli.global, request_id, json, access),
+        } => cmd::query::why(&cli.global, request_ids, json, access),
         Command::Usage {
             by,
             since,

@@ -24,7 +24,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::forward::{self, Forward};
 use crate::keys::{self, KeyStore};
 use crate::metrics::EnforcerMetrics;
-use crate::policy::{PolicyEngine, PolicySet, RequestAttrs, Reservation, Verdict};
+use crate::policy::{PolicyEngine, PolicySet, RateLimits, RequestAttrs, Reservation, Verdict};
 use crate::pricing::PriceTable;
 use crate::providers;
 use crate::sink::EventSink;
@@ -287,19 +287,64 @@ async fn handle_inner(
     }
     // Policies: access rules, rate limits and caps, with reservations. Nothing to do
     // (and nothing to compute) without a policy.
-    let reservation = if state.policy.policy().is_empty() {
-        None
+    let (reservation, limits) = if state.policy.policy().is_empty() {
+        (None, RateLimits::default())
     } else {
         match apply_policy(state, &ctx, &parts.headers, &info, request_id, started).await {
-            Ok(r) => Some(r),
+            Ok((r, limits)) => (Some(r), limits),
             Err(denied) => return denied,
         }
     };
-    forward::start(
+    let mut resp = forward::start(
         state.clone(),
         Forward::provider(ctx, parts, body, key_location, endpoint, info, reservation),
     )
-    .await
+    .await;
+    rate_limit_headers(resp.headers_mut(), &limits, Timestamp::now());
+    resp
+}
+
+/// OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers for the
+/// limits tally enforced on this request. They replace the provider's own headers of the
+/// same kind: the client sees the limit that refuses it first (tally's), the provider's
+/// otherwise.
+fn rate_limit_headers(headers: &mut http::HeaderMap, limits: &RateLimits, now: Timestamp) {
+    for (kind, status) in [("requests", limits.requests), ("tokens", limits.tokens)] {
+        let Some(s) = status else { continue };
+        let reset = reset_text(s.reset_at.as_micros().saturating_sub(now.as_micros()));
+        for (what, value) in [
+            ("limit", s.limit.to_string()),
+            ("remaining", s.remaining.to_string()),
+            ("reset", reset),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(format!("x-ratelimit-{what}-{kind}").as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+/// A span of time as OpenAI's reset headers write it: `0s`, `20ms`, `1s`, `6m0s`,
+/// `1h2m3s` (sub-second parts only below one second).
+fn reset_text(micros: i64) -> String {
+    let micros = micros.max(0).unsigned_abs();
+    if micros < 1_000_000 {
+        return if micros == 0 {
+            "0s".to_owned()
+        } else {
+            format!("{}ms", micros.div_ceil(1000))
+        };
+    }
+    let secs = micros.div_ceil(1_000_000);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
 }
 
 async fn read_body(state: &ProxyState, body: Incoming) -> Result<Bytes, ErrorKind> {
@@ -400,7 +445,7 @@ async fn apply_policy(
     info: &providers::RequestInfo,
     request_id: &str,
     started: Instant,
-) -> Result<Reservation, Response<ProxyBody>> {
+) -> Result<(Reservation, RateLimits), Response<ProxyBody>> {
     let max_output = info
         .max_output_tokens
         .unwrap_or(state.config.default_max_output_tokens);
@@ -429,8 +474,9 @@ async fn apply_policy(
     for d in evaluation.decisions {
         state.sink.emit_always(d.into()).await;
     }
+    let limits = evaluation.limits;
     match evaluation.verdict {
-        Verdict::Allow(r) => Ok(r),
+        Verdict::Allow(r) => Ok((r, limits)),
         Verdict::Deny {
             rule,
             status,
@@ -446,17 +492,22 @@ async fn apply_policy(
             let mut resp = error_response(
                 ctx.provider,
                 ErrorKind::Denied,
-                &message,
+                &format!("denied by tally rule `{rule}`: {message}"),
                 request_id,
                 started,
             );
             *resp.status_mut() =
                 StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            let h = resp.headers_mut();
             if let Some(secs) = retry_after_secs
                 && let Ok(v) = HeaderValue::from_str(&secs.to_string())
             {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+                h.insert(http::header::RETRY_AFTER, v);
             }
+            if let Ok(v) = HeaderValue::from_str(&rule) {
+                h.insert("x-tally-rule", v);
+            }
+            rate_limit_headers(h, &limits, Timestamp::now());
             Err(resp)
         }
     }
@@ -477,4 +528,46 @@ fn policy_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
         .filter(|(n, _)| !SECRET.contains(&n.as_str()))
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::LimitStatus;
+
+    #[test]
+    fn reset_spans_read_like_openai_headers() {
+        assert_eq!(reset_text(0), "0s");
+        assert_eq!(reset_text(-5), "0s");
+        assert_eq!(reset_text(19_001), "20ms");
+        assert_eq!(reset_text(1_000_000), "1s");
+        assert_eq!(reset_text(59_500_000), "1m0s");
+        assert_eq!(reset_text(360_000_000), "6m0s");
+        assert_eq!(reset_text(3_723_000_000), "1h2m3s");
+    }
+
+    #[test]
+    fn rate_limit_headers_report_each_kind_that_applied() {
+        let now = Timestamp::from_micros(1_000_000_000);
+        let limits = RateLimits {
+            requests: Some(LimitStatus {
+                limit: 60,
+                remaining: 59,
+                reset_at: now.plus_micros(60_000_000),
+            }),
+            tokens: None,
+        };
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-ratelimit-limit-tokens",
+            HeaderValue::from_static("30000"),
+        );
+        rate_limit_headers(&mut h, &limits, now);
+        assert_eq!(h["x-ratelimit-limit-requests"], "60");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "59");
+        assert_eq!(h["x-ratelimit-reset-requests"], "1m0s");
+        // No token limit in tally: the provider's header stays.
+        assert_eq!(h["x-ratelimit-limit-tokens"], "30000");
+        assert!(h.get("x-ratelimit-remaining-tokens").is_none());
+    }
 }

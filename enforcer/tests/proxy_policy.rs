@@ -80,6 +80,21 @@ rules:
             .send()
             .await
             .unwrap();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        // The cap is a token limit: OpenAI-style token headers on every response, and
+        // no request headers (no request limit applies).
+        assert_eq!(header("x-ratelimit-limit-tokens").as_deref(), Some("2000"));
+        let remaining: i64 = header("x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((0..2000).contains(&remaining), "{remaining}");
+        assert!(header("x-ratelimit-reset-tokens").unwrap().ends_with('s'));
+        assert_eq!(header("x-ratelimit-limit-requests"), None);
         if resp.status() == 200 {
             admitted += 1;
             let id = request_id(&resp);
@@ -87,7 +102,17 @@ rules:
             h.wait_usage(&id, 1).await;
         } else {
             assert_eq!(resp.status(), 429);
+            assert_eq!(header("x-tally-rule").as_deref(), Some("acme-daily-tokens"));
+            assert!(header("retry-after").is_some());
             denied_id = Some(request_id(&resp));
+            let err: serde_json::Value = resp.json().await.unwrap();
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("denied by tally rule `acme-daily-tokens`: "),
+                "{err}"
+            );
             break;
         }
     }

@@ -106,7 +106,7 @@ pub(crate) fn sql(global: &GlobalArgs, sql: String, format: Format, access: Acce
 
 pub(crate) fn why(
     global: &GlobalArgs,
-    request_id: String,
+    request_ids: Vec<String>,
     json: bool,
     access: Access,
 ) -> Result<()> {
@@ -114,11 +114,17 @@ pub(crate) fn why(
     let who = principal(&cfg, &access)?;
     super::runtime()?.block_on(async move {
         let engine = local_engine(&cfg).await?;
-        let report = tally_queries::why(&engine, &request_id, &who).await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.render_text());
+        let mut reports = Vec::with_capacity(request_ids.len());
+        for id in &request_ids {
+            reports.push(tally_queries::why(&engine, id, &who).await?);
+        }
+        match (json, reports.as_slice()) {
+            (true, [one]) => println!("{}", serde_json::to_string_pretty(one)?),
+            (true, _) => println!("{}", serde_json::to_string_pretty(&reports)?),
+            (false, _) => {
+                let texts: Vec<String> = reports.iter().map(|r| r.render_text()).collect();
+                print!("{}", texts.join("\n"));
+            }
         }
         Ok(())
     })

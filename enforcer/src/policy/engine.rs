@@ -25,7 +25,9 @@ use crate::policy::file::{Action, Mode, OnError, OnExceed, PolicySet, Rule, Unit
 use crate::policy::period;
 use crate::policy::rate_limit::{self, Facts};
 use crate::policy::usage_cap;
-use crate::policy::{CounterSnapshot, Evaluation, RequestAttrs, StreamVerdict, Verdict};
+use crate::policy::{
+    CounterSnapshot, Evaluation, LimitStatus, RateLimits, RequestAttrs, StreamVerdict, Verdict,
+};
 
 /// How often a lookup is retried when a counter was retired under our feet (reload).
 const MAX_LOCK_ATTEMPTS: usize = 16;
@@ -428,7 +430,41 @@ fn refuse(
             message: reason,
             retry_after_secs: None,
         },
+        limits: RateLimits::default(),
     }
+}
+
+/// The tightest request and token counters among the enforced plans, after this
+/// request (`admitted`: its amount counts against what remains).
+fn rate_limits(plans: &[Plan], readings: &[Reading], admitted: bool, now: Timestamp) -> RateLimits {
+    let mut out = RateLimits::default();
+    for (p, r) in plans.iter().zip(readings) {
+        if p.rule.mode != Mode::Enforce {
+            continue;
+        }
+        let slot = match p.shape.unit() {
+            Unit::Requests => &mut out.requests,
+            Unit::Tokens | Unit::InputTokens | Unit::OutputTokens => &mut out.tokens,
+            Unit::UsdMicros => continue,
+        };
+        let taken = if admitted { p.amount } else { 0 };
+        let remaining = p.limit.saturating_sub(r.used).saturating_sub(taken).max(0);
+        let reset_at = r.reset_at.unwrap_or(match p.shape {
+            Shape::Window { window_us, .. } | Shape::Bucket { window_us, .. } => {
+                now.plus_micros(window_us)
+            }
+            Shape::Cap { .. } => r.window.1,
+        });
+        let status = LimitStatus {
+            limit: p.limit,
+            remaining,
+            reset_at,
+        };
+        if slot.is_none_or(|s| status.remaining < s.remaining) {
+            *slot = Some(status);
+        }
+    }
+    out
 }
 
 impl PolicyEngine {
@@ -470,6 +506,7 @@ impl PolicyEngine {
             return Evaluation {
                 decisions: Vec::new(),
                 verdict: Verdict::Allow(Reservation::empty()),
+                limits: RateLimits::default(),
             };
         }
         let vars = Vars::from_request(req, now);
@@ -599,6 +636,7 @@ impl PolicyEngine {
                 let d = limit_decision(header, now, p, req, r, Outcome::Deny);
                 let message = d.reason.clone();
                 return Evaluation {
+                    limits: rate_limits(&plans, &readings, false, now),
                     decisions: vec![d],
                     verdict: Verdict::Deny {
                         rule: p.rule.name.to_string(),
@@ -631,6 +669,7 @@ impl PolicyEngine {
                 }
             }
             return Evaluation {
+                limits: rate_limits(&plans, &readings, true, now),
                 decisions: notes,
                 verdict: Verdict::Allow(Reservation {
                     holds,

@@ -55,6 +55,29 @@ pub struct Evaluation {
     /// the `shadow_deny`s (and, with `emit_allow_decisions`, `allow`s) of an allowed one.
     pub decisions: Vec<DecisionEvent>,
     pub verdict: Verdict,
+    /// The tightest limits that applied, for `x-ratelimit-*` response headers.
+    pub limits: RateLimits,
+}
+
+/// The tightest request limit and the tightest token limit (rate limits and caps in
+/// tokens, input or output tokens) among the enforced rules that applied to a request:
+/// what OpenAI-style `x-ratelimit-*` response headers report. Dollar caps have no such
+/// header and are left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub requests: Option<LimitStatus>,
+    pub tokens: Option<LimitStatus>,
+}
+
+/// One counter as a client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    pub limit: i64,
+    /// Room left after this request (its reservation included when it was admitted).
+    pub remaining: i64,
+    /// When the counter is back to its full limit: the end of a cap's period, or a
+    /// window's length from now; for a refusal, when the request would fit.
+    pub reset_at: Timestamp,
 }
 
 /// Whether the request may be forwarded.
