@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ fn start(data_dir: &Path, args: &[String]) -> Tally {
 }
 
 /// `tally why --json` for several request ids: one report each.
-fn why(data_dir: &PathBuf, ids: &[&str]) -> Vec<serde_json::Value> {
+fn why(data_dir: &Path, ids: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec!["why", "--json"];
     args.extend_from_slice(ids);
     let out: serde_json::Value = serde_json::from_str(&run_ok(data_dir, &args)).unwrap();
