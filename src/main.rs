@@ -193,7 +193,7 @@ fn main() -> ExitCode {
             access,
         } => cmd::query::top(&cli.global, by, dimension, limit, since, access),
         Command::Ledger(c) => cmd::ledger::run(&cli.global, c),
-        Command::Policy(c) => cmd::policy::run(c),
+        Command::Policy(c) => cmd::policy::run(&cli.global, c),
         Command::Config(c) => cmd::config::run(c),
         Command::Export(args) => cmd::export::run(&cli.global, args),
         Command::Serve(args) => cmd::serve::run(&cli.global, args),

@@ -48,6 +48,10 @@ pub struct ProxyConfig {
     pub prices: Option<PathBuf>,
     /// The policy file (access rules, rate limits, usage caps); see docs/policies.md.
     pub policy_file: Option<PathBuf>,
+    /// How often the policy file is checked for changes and reloaded, seconds (also on
+    /// SIGHUP); 0 = only on SIGHUP. A file with problems is refused and the policy in
+    /// force stays.
+    pub policy_reload_secs: u64,
     /// Output tokens reserved for a request that does not set a maximum.
     pub default_max_output_tokens: u64,
 }
@@ -97,6 +101,7 @@ impl Default for ProxyConfig {
             event_queue: EventQueueConfig::default(),
             prices: None,
             policy_file: None,
+            policy_reload_secs: 2,
             default_max_output_tokens: 4096,
         }
     }

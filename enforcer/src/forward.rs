@@ -611,10 +611,10 @@ async fn relay_stream(
         if out.is_empty() || client_gone {
             continue;
         }
-        if let (Some(res), Some(t)) = (attempt.reservation, &tracker)
+        if let (Some(res), Some(t)) = (attempt.reservation, &mut tracker)
             && res.needs_stream_checks()
         {
-            let output = t.estimated_output_tokens();
+            let output = t.running_output_tokens();
             let model = attempt.ctx.model_requested.as_deref().unwrap_or("");
             let so_far = TokenCounts {
                 input_tokens: attempt.ctx.estimated_input_tokens,

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod pricing;
 pub mod providers;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod sink;
 pub mod upstream;

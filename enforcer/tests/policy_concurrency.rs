@@ -1,5 +1,7 @@
 //! The reservation invariant under concurrency: many threads evaluating and settling at
-//! once against the same caps.
+//! once against the same caps, with fixed workloads and as a property (proptest: random
+//! thread counts, request sizes, real usages above and below the reservation, failed
+//! upstreams and reservations dropped unsettled).
 //!
 //! Invariant (per cap and period): `settled ≤ limit + Σ max(0, real − reserved)` over the
 //! admitted requests, the counter holds exactly the real usage of the admitted requests
@@ -264,4 +266,130 @@ fn concurrent_rate_limit_admits_exactly_the_limit() {
         .collect();
     assert_eq!(snap["rpm:tenant=acme"], 77);
     assert_eq!(snap["burst:tenant=acme"], 77);
+}
+
+/// How an admitted request ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// Settled with real usage: input `in_pct`% of the estimate, output `out_pct`% of
+    /// the requested maximum (above 100: more than reserved).
+    Used { in_pct: u64, out_pct: u64 },
+    /// The upstream failed before any usage: settled with zeros.
+    Failed,
+    /// The reservation was dropped without settling (a bug path): released, nothing
+    /// counted.
+    Dropped,
+}
+
+fn end_strategy() -> impl proptest::strategy::Strategy<Value = End> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (50u64..=150, 0u64..=160).prop_map(|(in_pct, out_pct)| End::Used { in_pct, out_pct }),
+        1 => Just(End::Failed),
+        1 => Just(End::Dropped),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+
+    /// The reservation invariant with random concurrency, request sizes, real usages and
+    /// failures: per cap, `settled ≤ limit + Σ max(0, real − reserved)` over admitted
+    /// requests; the counter holds exactly the real usage of the admitted requests; no
+    /// reservation is left in flight; every refusal was justified when it was made.
+    #[test]
+    fn the_reservation_invariant_holds_for_any_interleaving(
+        token_limit in 200i64..20_000,
+        usd_limit_cents in 1i64..500,
+        work in proptest::collection::vec(
+            proptest::collection::vec((1u64..400, 1u64..800, end_strategy()), 1..40),
+            2..6,
+        ),
+    ) {
+        let usd_limit = usd_limit_cents * 10_000;
+        let set = PolicySet::parse(&format!(
+            "rules:\n  - name: tokens\n    action: usage-cap\n    limit_tokens: {token_limit}\n    period: month\n  - name: dollars\n    action: usage-cap\n    limit_usd: {}\n    period: month\n",
+            usd_limit_cents as f64 / 100.0
+        ))
+        .unwrap();
+        let engine = Arc::new(PolicyEngine::new(set));
+        let barrier = Arc::new(std::sync::Barrier::new(work.len()));
+        let price = |i: u64, o: u64| i64::try_from(i * 100 + o * 400).unwrap();
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|requests| {
+                let engine = engine.clone();
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    let header = EventHeader::new("gw", "req", "acme");
+                    let mut tally = Tally::default();
+                    barrier.wait();
+                    for (input, output, end) in requests {
+                        let req = request("acme", input, output, price(input, output));
+                        let ev = engine.evaluate(&req, &header, now());
+                        let res = match ev.verdict {
+                            Verdict::Allow(res) => res,
+                            Verdict::Deny { .. } => {
+                                tally.denied += 1;
+                                let d = &ev.decisions[0];
+                                let reserved = match d.rule.as_str() {
+                                    "tokens" => i64::try_from(d.reserved_tokens.unwrap()).unwrap(),
+                                    _ => d.reserved_cost_micros.unwrap(),
+                                };
+                                assert!(
+                                    d.counter_value.unwrap() + reserved > d.counter_limit.unwrap(),
+                                    "unjustified denial: {d:?}"
+                                );
+                                continue;
+                            }
+                        };
+                        tally.allowed += 1;
+                        thread::yield_now();
+                        let (real_in, real_out) = match end {
+                            End::Used { in_pct, out_pct } => (input * in_pct / 100, output * out_pct / 100),
+                            End::Failed | End::Dropped => (0, 0),
+                        };
+                        if let End::Dropped = end {
+                            drop(res);
+                            continue;
+                        }
+                        let (tokens, cost) = (i64::try_from(real_in + real_out).unwrap(), price(real_in, real_out));
+                        tally.real_tokens += tokens;
+                        tally.real_cost += cost;
+                        tally.token_overrun += (tokens - i64::try_from(input + output).unwrap()).max(0);
+                        tally.cost_overrun += (cost - price(input, output)).max(0);
+                        let actual = TokenCounts {
+                            input_tokens: real_in,
+                            output_tokens: real_out,
+                            ..TokenCounts::default()
+                        };
+                        engine.settle(&res, &actual, cost, now());
+                    }
+                    tally
+                })
+            })
+            .collect();
+        let mut total = Tally::default();
+        for h in handles {
+            let t = h.join().unwrap();
+            total.allowed += t.allowed;
+            total.real_tokens += t.real_tokens;
+            total.real_cost += t.real_cost;
+            total.token_overrun += t.token_overrun;
+            total.cost_overrun += t.cost_overrun;
+        }
+        let snap: BTreeMap<String, (i64, i64)> = engine
+            .snapshot(now())
+            .into_iter()
+            .map(|s| (s.counter_key, (s.value, s.in_flight)))
+            .collect();
+        if total.allowed > 0 {
+            let (tokens, tokens_in_flight) = snap["tokens:tenant=acme"];
+            let (dollars, dollars_in_flight) = snap["dollars:tenant=acme"];
+            proptest::prop_assert_eq!((tokens, tokens_in_flight), (total.real_tokens, 0));
+            proptest::prop_assert_eq!((dollars, dollars_in_flight), (total.real_cost, 0));
+            proptest::prop_assert!(tokens <= token_limit + total.token_overrun);
+            proptest::prop_assert!(dollars <= usd_limit + total.cost_overrun);
+        }
+    }
 }

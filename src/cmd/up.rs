@@ -218,16 +218,7 @@ impl Stack {
         };
 
         rebuild_counters(&state.policy, &engine).await?;
-        let sweeper = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tick.tick().await;
-                    state.policy.sweep(tally_events::Timestamp::now());
-                }
-            })
-        };
+        let sweeper = policy_upkeep(state.clone());
         Ok(Stack {
             proxy_addr,
             admin_addr,
@@ -367,6 +358,48 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
 }
 
 /// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it.
+/// The policy's background work, in one task: drop idle counters every minute, and
+/// reload the policy file when it changes (checked every `proxy.policy_reload_secs`) or
+/// on SIGHUP.
+pub(crate) fn policy_upkeep(state: Arc<ProxyState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let sweep = {
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    state.policy.sweep(tally_events::Timestamp::now());
+                }
+            }
+        };
+        let Some(path) = state.config.policy_file.clone() else {
+            return sweep.await;
+        };
+        let trigger = Arc::new(tokio::sync::Notify::new());
+        let hangup = {
+            let trigger = trigger.clone();
+            async move {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(mut hup) => {
+                        while hup.recv().await.is_some() {
+                            trigger.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no SIGHUP handler; the policy file is still checked periodically")
+                    }
+                }
+                std::future::pending::<()>().await;
+            }
+        };
+        let every = Duration::from_secs(state.config.policy_reload_secs);
+        let reload =
+            tally_enforcer::reload::PolicyReloader::new(path).run(state.clone(), every, trigger);
+        tokio::join!(sweep, hangup, reload);
+    })
+}
+
 /// Counters are a projection of events: fold back in the usage that can still count
 /// (since [`tally_enforcer::policy::PolicyEngine::history_start`]), read from the
 /// committed tables plus the log tail, so a restart resets no budget and no window, even

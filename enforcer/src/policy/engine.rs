@@ -26,7 +26,8 @@ use crate::policy::period;
 use crate::policy::rate_limit::{self, Facts};
 use crate::policy::usage_cap;
 use crate::policy::{
-    CounterSnapshot, Evaluation, LimitStatus, RateLimits, RequestAttrs, StreamVerdict, Verdict,
+    CounterSnapshot, Evaluation, Explanation, LimitStatus, RateLimits, RequestAttrs, RuleTrace,
+    StreamVerdict, Verdict,
 };
 
 /// How often a lookup is retried when a counter was retired under our feet (reload).
@@ -845,6 +846,76 @@ impl PolicyEngine {
                 break;
             }
         }
+    }
+
+    /// Evaluate `req` like [`PolicyEngine::evaluate`] (reserving when allowed) and report
+    /// every rule's part: whether its `match` held, the counter the request falls in, and
+    /// that counter before and after. For `tally policy test`; the proxy uses `evaluate`.
+    pub fn explain(&self, req: &RequestAttrs, header: &EventHeader, now: Timestamp) -> Explanation {
+        let set = self.policy();
+        let vars = Vars::from_request(req, now);
+        let act = Activation::new(&set.env, &vars, &set.vars);
+        let level = |snap: Vec<CounterSnapshot>| -> std::collections::HashMap<String, i64> {
+            snap.into_iter()
+                .map(|c| (c.counter_key, c.value.saturating_add(c.in_flight)))
+                .collect()
+        };
+        let before = level(self.snapshot(now));
+        let mut access_decided = false;
+        let mut rules: Vec<RuleTrace> = Vec::with_capacity(set.rules.len());
+        for rule in &set.rules {
+            let mut t = RuleTrace {
+                rule: rule.name.to_string(),
+                kind: rule.kind(),
+                mode: if rule.mode == Mode::Enforce {
+                    "enforce"
+                } else {
+                    "shadow"
+                },
+                matched: None,
+                error: None,
+                counter_key: None,
+                unit: None,
+                limit: None,
+                amount: None,
+                before: None,
+                after: None,
+            };
+            let access = matches!(rule.action, Action::Deny | Action::Allow);
+            if !(access && access_decided) {
+                match eval_match(rule, &act) {
+                    Ok(m) => t.matched = Some(m),
+                    Err(e) => t.error = Some(e),
+                }
+            }
+            if access && t.matched == Some(true) && rule.mode == Mode::Enforce {
+                access_decided = true;
+            }
+            if let (Some(true), Some((limit, unit))) = (t.matched, rule.limit()) {
+                t.limit = Some(limit);
+                t.unit = Some(unit.counter_unit());
+                match counter_key(rule, &req.tenant, &act) {
+                    Ok(k) => {
+                        t.before = Some(before.get(&k.key).copied().unwrap_or(0));
+                        t.counter_key = Some(k.key);
+                    }
+                    Err(e) => t.error = Some(e),
+                }
+                match request_amount(unit, req) {
+                    Ok(a) => t.amount = Some(a),
+                    Err(e) => t.error = Some(e),
+                }
+            }
+            rules.push(t);
+        }
+        let evaluation = self.evaluate(req, header, now);
+        let after = level(self.snapshot(now));
+        for t in &mut rules {
+            if let Some(k) = &t.counter_key {
+                t.after = Some(after.get(k).copied().unwrap_or(0));
+            }
+        }
+        Explanation { rules, evaluation }
     }
 
     /// The oldest instant whose usage can still count in some counter at `now`: the start

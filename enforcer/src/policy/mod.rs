@@ -113,6 +113,36 @@ pub enum StreamVerdict {
     },
 }
 
+/// One rule's part in a decision, as `tally policy test` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleTrace {
+    pub rule: String,
+    pub kind: tally_events::RuleKind,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// Whether the rule's `match` held; `None` when the rule was not looked at (an
+    /// earlier access rule had decided access).
+    pub matched: Option<bool>,
+    /// Why the rule could not be evaluated (match, key or cost), if so.
+    pub error: Option<String>,
+    /// The counter the request falls in, for limits and caps that matched.
+    pub counter_key: Option<String>,
+    pub unit: Option<tally_events::CounterUnit>,
+    pub limit: Option<i64>,
+    /// What this request reserves or counts in that counter.
+    pub amount: Option<i64>,
+    /// The counter's settled usage plus reservations in flight, before and after.
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+}
+
+/// A decision with every rule's part in it.
+#[derive(Debug)]
+pub struct Explanation {
+    pub rules: Vec<RuleTrace>,
+    pub evaluation: Evaluation,
+}
+
 /// One counter's state, for metrics and debugging.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CounterSnapshot {

@@ -397,6 +397,9 @@ pub struct StreamTracker {
     requested_model: Option<String>,
     estimated_input_tokens: u64,
     state: StreamState,
+    /// Tokens counted so far by [`StreamTracker::running_output_tokens`], and the text
+    /// length they cover.
+    running: (usize, u64),
 }
 
 impl StreamTracker {
@@ -409,6 +412,7 @@ impl StreamTracker {
             requested_model: endpoint.model_in_path.clone(),
             estimated_input_tokens: 0,
             state: StreamState::default(),
+            running: (0, 0),
         }
     }
 
@@ -470,6 +474,42 @@ impl StreamTracker {
             .or(self.requested_model.as_deref());
         let tokenizer = estimate::tokenizer_for(self.endpoint.provider, model);
         estimate::count_text(tokenizer, &self.state.text)
+            .saturating_add(self.state.overflow_chars.div_ceil(4))
+    }
+
+    /// Estimated output tokens so far for checks while streaming: counts only the text
+    /// added since the last call, up to its last word boundary (where BPE
+    /// pre-tokenization splits anyway), plus the unfinished rest, so checking a stream after
+    /// every chunk costs time linear in its length rather than quadratic. Equals
+    /// [`StreamTracker::estimated_output_tokens`] up to rare merges across a cut.
+    pub fn running_output_tokens(&mut self) -> u64 {
+        let model = self
+            .state
+            .model_served
+            .as_deref()
+            .or(self.requested_model.as_deref());
+        let tokenizer = estimate::tokenizer_for(self.endpoint.provider, model);
+        let text = &self.state.text;
+        let (mut upto, mut counted) = self.running;
+        if upto > text.len() || !text.is_char_boundary(upto) {
+            (upto, counted) = (0, 0);
+        }
+        let new = &text[upto..];
+        // Cut before the last space that follows a letter or digit: BPE pre-tokenization
+        // starts a new piece there (` word`), so the two counts add up.
+        let cut = new
+            .char_indices()
+            .rev()
+            .skip(1)
+            .find(|&(i, c)| c.is_alphanumeric() && new[i + c.len_utf8()..].starts_with(' '))
+            .map(|(i, c)| i + c.len_utf8());
+        if let Some(cut) = cut {
+            counted = counted.saturating_add(estimate::count_text(tokenizer, &new[..cut]));
+            upto += cut;
+        }
+        self.running = (upto, counted);
+        counted
+            .saturating_add(estimate::count_text(tokenizer, &text[upto..]))
             .saturating_add(self.state.overflow_chars.div_ceil(4))
     }
 

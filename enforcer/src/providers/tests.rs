@@ -840,3 +840,60 @@ fn status_guess_from_code() {
     assert_eq!(status_for_code("upstream.timeout"), 504);
     assert_eq!(status_for_code("whatever"), 500);
 }
+
+#[test]
+fn running_output_count_tracks_the_full_count_chunk_by_chunk() {
+    // A long answer streamed a few characters at a time, cut mid-word: the running count
+    // (checked after every event) ends where a full recount of the text ends.
+    let words = [
+        "tally",
+        "counts",
+        "every",
+        "token,",
+        "reservation",
+        "and",
+        "dollar;",
+        "the",
+        "ledger",
+        "keeps",
+        "them",
+        "exactly",
+        "once.",
+        "Unbelievably",
+        "long-winded",
+        "answers",
+        "stream",
+        "slowly:",
+        "😀",
+        "naïve",
+        "café",
+        "123456789",
+    ];
+    let mut text = String::new();
+    for i in 0..600 {
+        text.push_str(words[i * 7 % words.len()]);
+        text.push(if i % 13 == 0 { '\n' } else { ' ' });
+    }
+    let mut sse = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(5) {
+        let content: String = piece.iter().collect();
+        let chunk = serde_json::json!({"model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"content": content}}]});
+        sse.push_str(&format!("data: {chunk}\n\n"));
+    }
+    let mut parser = SseParser::default();
+    let mut t = StreamTracker::new(&chat(), false);
+    let mut last = 0;
+    for ev in parser.push(sse.as_bytes()).unwrap() {
+        t.on_event(&ev);
+        last = t.running_output_tokens();
+    }
+    assert_eq!(t.streamed_text(), text);
+    let full = t.estimated_output_tokens();
+    assert!(full > 500, "{full}");
+    assert!(
+        last.abs_diff(full) <= full / 100,
+        "running {last} vs full recount {full}"
+    );
+}

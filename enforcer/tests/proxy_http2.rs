@@ -1,0 +1,92 @@
+//! HTTP/2 clients (prior knowledge, cleartext, as gateways inside a cluster are reached)
+//! get the same proxy: non-streaming and streaming answers, exact usage in the events,
+//! and many concurrent streams multiplexed over one connection, each with its own usage
+//! event.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{harness, request_id, stream_body};
+use futures_util::StreamExt;
+use tally_events::{FinishState, UsageSource};
+
+fn h2() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http2_clients_are_proxied_and_accounted_like_http1() {
+    let h = harness(|_| {}).await;
+    let client = h2();
+    let url = format!("{}/v1/chat/completions", h.proxy);
+
+    // Non-streaming: the recorded usage is the body's usage.
+    let resp = client
+        .post(&url)
+        .bearer_auth("dev-acme-h2")
+        .json(
+            &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 40,
+            "messages": [{"role": "user", "content": "hello over h2"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let id = request_id(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let u = h.wait_usage(&id, 1).await;
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].finish_state, FinishState::Completed);
+    assert_eq!(u[0].usage_source, UsageSource::ProviderReported);
+    assert_eq!(
+        Some(u[0].tokens.input_tokens),
+        body["usage"]["prompt_tokens"].as_u64()
+    );
+    assert_eq!(
+        Some(u[0].tokens.output_tokens),
+        body["usage"]["completion_tokens"].as_u64()
+    );
+
+    // 20 concurrent streams over the one connection this client keeps.
+    let streams = (0..20).map(|_| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let resp = client
+                .post(&url)
+                .bearer_auth("dev-acme-h2")
+                .header("x-sim-chunk-delay-ms", "5")
+                .json(&stream_body(60))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+            let id = request_id(&resp);
+            let mut text = String::new();
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            }
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+            assert!(
+                !text.contains("\"usage\":{"),
+                "the usage chunk tally asked for must not reach the client"
+            );
+            id
+        }
+    });
+    let ids = futures_util::future::join_all(streams).await;
+    for id in &ids {
+        let u = h.wait_usage(id, 1).await;
+        assert_eq!(u.len(), 1, "one usage event per stream");
+        assert!(u[0].streamed);
+        assert_eq!(u[0].finish_state, FinishState::Completed);
+        assert_eq!(u[0].usage_source, UsageSource::ProviderReported);
+        assert!(u[0].tokens.output_tokens > 0 && u[0].tokens.output_tokens <= 60);
+    }
+}
