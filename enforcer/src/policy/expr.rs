@@ -13,6 +13,7 @@ use chrono::{Datelike, Timelike};
 use tally_events::{FinishState, Timestamp, UsageEvent};
 
 use crate::policy::RequestAttrs;
+use crate::policy::fast::{self, Fast, StrVar};
 
 /// Every variable an expression may use, with its CEL type, for error messages and docs.
 pub(crate) const VARIABLES: &[(&str, &str)] = &[
@@ -96,6 +97,10 @@ pub(crate) struct CompiledExpr {
     program: Program,
     want: Want,
     pub(crate) vars: BTreeSet<String>,
+    /// The native form of a boolean expression, when it has one (see `fast`).
+    fast: Option<Fast>,
+    /// The variable a string expression reads, when it is a plain path.
+    fast_path: Option<StrVar>,
 }
 
 /// Why an expression could not be compiled.
@@ -204,9 +209,13 @@ impl Vars {
     }
 }
 
-/// A CEL activation holding the variables some set of expressions needs.
+/// The variables of one request for a set of expressions: read directly by the native
+/// evaluator, and bound into a CEL context only when some expression needs CEL.
 pub(crate) struct Activation<'a> {
-    ctx: Context<'a, 'a>,
+    env: &'a CelEnv,
+    vars: &'a Vars,
+    used: &'a BTreeSet<String>,
+    ctx: std::cell::OnceCell<Context<'a, 'a>>,
 }
 
 impl fmt::Debug for Activation<'_> {
@@ -215,16 +224,27 @@ impl fmt::Debug for Activation<'_> {
     }
 }
 
-impl Activation<'_> {
+impl<'a> Activation<'a> {
     /// Bind the variables in `used` (the union over the rules to run).
-    pub(crate) fn new(env: &CelEnv, vars: &Vars, used: &BTreeSet<String>) -> Self {
-        let mut ctx = Context::with_env(env.0.clone());
-        for name in used {
-            if let Some(v) = vars.value(name) {
-                ctx.add_variable_from_value(name.clone(), v);
-            }
+    pub(crate) fn new(env: &'a CelEnv, vars: &'a Vars, used: &'a BTreeSet<String>) -> Self {
+        Self {
+            env,
+            vars,
+            used,
+            ctx: std::cell::OnceCell::new(),
         }
-        Self { ctx }
+    }
+
+    fn ctx(&self) -> &Context<'a, 'a> {
+        self.ctx.get_or_init(|| {
+            let mut ctx = Context::with_env(self.env.0.clone());
+            for name in self.used {
+                if let Some(v) = self.vars.value(name) {
+                    ctx.add_variable_from_value(name.clone(), v);
+                }
+            }
+            ctx
+        })
     }
 }
 
@@ -273,15 +293,41 @@ impl CompiledExpr {
             .into_iter()
             .filter(|v| known.contains(v.as_str()))
             .collect();
-        let compiled = Self {
+        let mut compiled = Self {
             source: source.to_owned(),
+            fast: (want == Want::Bool)
+                .then(|| Fast::compile(program.expression()))
+                .flatten(),
+            fast_path: (want == Want::String)
+                .then(|| fast::string_path(program.expression()))
+                .flatten(),
             program,
             want,
             vars,
         };
         for sample in samples(&keys) {
             let act = Activation::new(env, &sample, &compiled.vars);
-            match compiled.program.execute(&act.ctx) {
+            let cel = compiled.program.execute(act.ctx());
+            // The native form must agree with CEL wherever it answers; if a sample ever
+            // shows otherwise, CEL alone runs this expression.
+            let agrees = match (&cel, &compiled.fast, &compiled.fast_path) {
+                (Ok(Value::Bool(b)), Some(f), _) => f.eval(&sample).is_none_or(|n| n == *b),
+                (Ok(Value::String(s)), _, Some(p)) => {
+                    p.get(&sample).is_none_or(|n| n == s.as_str())
+                }
+                (Err(_), Some(f), _) => f.eval(&sample).is_none(),
+                (Err(_), _, Some(p)) => p.get(&sample).is_none(),
+                _ => true,
+            };
+            if !agrees {
+                tracing::debug!(
+                    source,
+                    "native evaluation disagrees with CEL on a sample; using CEL"
+                );
+                compiled.fast = None;
+                compiled.fast_path = None;
+            }
+            match cel {
                 Ok(v) => compiled.check_type(&v).map_err(CompileError::Type)?,
                 Err(e) if data_dependent(&e) => {}
                 Err(e) => {
@@ -323,6 +369,9 @@ impl CompiledExpr {
 
     /// Evaluate to a bool.
     pub(crate) fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
+        if let Some(b) = self.fast.as_ref().and_then(|f| f.eval(act.vars)) {
+            return Ok(b);
+        }
         match self.execute(act)? {
             Value::Bool(b) => Ok(b),
             v => Err(self.wrong_type(&v, "bool")),
@@ -331,6 +380,9 @@ impl CompiledExpr {
 
     /// Evaluate to a string.
     pub(crate) fn eval_string(&self, act: &Activation<'_>) -> Result<String, EvalError> {
+        if let Some(s) = self.fast_path.as_ref().and_then(|p| p.get(act.vars)) {
+            return Ok(s.to_owned());
+        }
         match self.execute(act)? {
             Value::String(s) => Ok(s.as_str().to_owned()),
             v => Err(self.wrong_type(&v, "string")),
@@ -339,7 +391,7 @@ impl CompiledExpr {
 
     fn execute(&self, act: &Activation<'_>) -> Result<Value, EvalError> {
         self.program
-            .execute(&act.ctx)
+            .execute(act.ctx())
             .map_err(|e| EvalError(format!("`{}` failed: {}", self.source, describe(&e))))
     }
 
@@ -539,11 +591,12 @@ mod tests {
             e.vars.iter().map(String::as_str).collect::<Vec<_>>(),
             ["labels", "model", "tenant"]
         );
-        let act = Activation::new(&env, &vars(), &e.vars);
+        let v = vars();
+        let act = Activation::new(&env, &v, &e.vars);
         assert_eq!(e.eval_bool(&act), Ok(true));
         let k =
             CompiledExpr::compile(&env, "headers['x-user'] + '/' + model", Want::String).unwrap();
-        let act = Activation::new(&env, &vars(), &k.vars);
+        let act = Activation::new(&env, &v, &k.vars);
         assert_eq!(k.eval_string(&act).as_deref(), Ok("ann/gpt-4o-mini"));
         assert!(!k.is_simple_path());
         assert!(
@@ -610,5 +663,113 @@ mod tests {
         let act = Activation::new(&env, &v, &e.vars);
         let err = e.eval_bool(&act).unwrap_err();
         assert!(err.0.contains("has(labels.team)"), "{err}");
+    }
+
+    /// The native evaluator agrees with CEL on every expression shape it compiles, for
+    /// requests with and without the labels and headers the expressions read.
+    #[test]
+    fn native_evaluation_agrees_with_cel() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let env = CelEnv::new();
+        let sources = [
+            "tenant == 'acme'",
+            "'acme' != tenant",
+            "tenant == 'acme' && model.startsWith('gpt-4o')",
+            "model in ['gpt-4o-mini', 'claude-haiku-4-5'] || key_id == 'k1'",
+            "!(route == 'chat') || provider.endsWith('ai')",
+            "labels.team == 'ml'",
+            "has(labels.team) && labels.team == 'ml'",
+            "labels['team'] != 'ml' && true",
+            "headers['x-user'].contains('an')",
+            "hour < 6 || 22 <= hour",
+            "weekday == 0 || weekday == 6",
+            "input_tokens > 1000 && max_output_tokens <= 4096",
+            "false || has(headers.x_user)",
+            "labels.team == 'ml' || tenant == 'acme'",
+            "tenant == 'acme' || labels.team == 'ml'",
+            "labels.team == 'ml' && tenant == 'nope'",
+        ];
+        let exprs: Vec<CompiledExpr> = sources
+            .iter()
+            .map(|s| CompiledExpr::compile(&env, s, Want::Bool).unwrap())
+            .collect();
+        assert!(
+            exprs.iter().all(|e| e.fast.is_some()),
+            "every shape above compiles natively"
+        );
+        let key = CompiledExpr::compile(&env, "labels.team", Want::String).unwrap();
+        assert!(key.fast_path.is_some());
+        let pick = |xs: &'static [&'static str]| proptest::sample::select(xs.to_vec());
+        let strategy = (
+            pick(&["acme", "beta", ""]),
+            pick(&["gpt-4o", "gpt-4o-mini", "claude-haiku-4-5", ""]),
+            pick(&["k1", "k2"]),
+            pick(&["chat", "embeddings"]),
+            pick(&["openai", "anthropic"]),
+            proptest::option::of(pick(&["ml", "web"])),
+            proptest::option::of(pick(&["ann", "bob"])),
+            0i64..3000,
+            0i64..8000,
+            0i64..(7 * 86_400),
+        );
+        let mut runner = TestRunner::new(Config::with_cases(512));
+        runner
+            .run(
+                &strategy,
+                |(tenant, model, key_id, route, provider, team, user, input, output, secs)| {
+                    let mut labels = BTreeMap::new();
+                    if let Some(t) = team {
+                        labels.insert("team".to_owned(), t.to_owned());
+                    }
+                    let mut headers = BTreeMap::new();
+                    if let Some(u) = user {
+                        headers.insert("x-user".to_owned(), u.to_owned());
+                    }
+                    let v = Vars {
+                        tenant: tenant.into(),
+                        key_id: key_id.into(),
+                        labels,
+                        provider: provider.into(),
+                        route: route.into(),
+                        model: model.into(),
+                        headers,
+                        input_tokens: input,
+                        max_output_tokens: output,
+                        now: Timestamp::from_micros(1_764_000_000_000_000 + secs * 1_000_000),
+                    };
+                    for e in exprs.iter().chain([&key]) {
+                        let act = Activation::new(&env, &v, &e.vars);
+                        let cel = e.program.execute(act.ctx());
+                        match (&e.fast, &e.fast_path, &cel) {
+                            (Some(f), _, Ok(Value::Bool(b))) => {
+                                prop_assert!(f.eval(&v).is_none_or(|n| n == *b), "{}", e.source);
+                            }
+                            (Some(f), _, Err(_)) => {
+                                prop_assert!(f.eval(&v).is_none(), "{}", e.source)
+                            }
+                            (_, Some(p), Ok(Value::String(s))) => {
+                                prop_assert_eq!(p.get(&v), Some(s.as_str()));
+                            }
+                            (_, Some(p), Err(_)) => prop_assert!(p.get(&v).is_none()),
+                            other => {
+                                prop_assert!(false, "unexpected {:?} for {}", other.2, e.source)
+                            }
+                        }
+                        // And through the public paths, which fall back to CEL.
+                        if e.want == Want::Bool {
+                            prop_assert_eq!(
+                                e.eval_bool(&act).ok(),
+                                cel.as_ref().ok().and_then(|c| match c {
+                                    Value::Bool(b) => Some(*b),
+                                    _ => None,
+                                })
+                            );
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 }

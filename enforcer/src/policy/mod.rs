@@ -16,6 +16,7 @@ mod access;
 mod counters;
 mod engine;
 mod expr;
+mod fast;
 mod file;
 mod period;
 mod rate_limit;
