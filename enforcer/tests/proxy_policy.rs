@@ -1,7 +1,8 @@
 //! Policies in the proxy, over real HTTP: an access rule denies with its reason and a
 //! decision event; a token cap with reservations admits until the budget is spent and
 //! then denies; a cap with `on_exceed: cut` ends a stream mid-way with a provider-shaped
-//! error and a `cut_by_policy` usage event.
+//! error and a `cut_by_policy` usage event; the same workload in shadow mode passes
+//! everything and records the same would-be denials as in enforce mode.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -183,45 +184,82 @@ rules:
     );
 }
 
-#[tokio::test]
-async fn shadow_rules_deny_nothing_and_record_the_would_be_denials() {
+/// One workload of 8 identical requests; returns, per request, the rule that denied it
+/// (enforce) or the first rule that shadow-denied it (shadow), and whether it passed.
+async fn run_workload(mode: &str) -> Vec<(bool, Option<String>)> {
     let dir = tempfile::tempdir().unwrap();
     let file = policy_file(
         dir.path(),
-        r#"
+        &format!(
+            r#"
 rules:
-  - name: acme-rpm-trial
+  - name: acme-rpm
     action: rate-limit
-    limit: 3
+    limit: 5
     window: 1m
-    mode: shadow
-"#,
+    mode: {mode}
+  - name: acme-daily-tokens
+    action: usage-cap
+    limit_tokens: 700
+    unit: tokens
+    period: day
+    mode: {mode}
+"#
+        ),
     );
     let h = harness(|c| c.policy_file = Some(file)).await;
-    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        let resp = h.chat(body.clone()).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "shadow mode never denies");
-        ids.push(request_id(&resp));
+    let body = serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut out = Vec::new();
+    for _ in 0..8 {
+        let resp = h
+            .chat(body.clone())
+            .header("x-sim-output-tokens", "100")
+            .send()
+            .await
+            .unwrap();
+        let passed = resp.status() == 200;
+        let id = request_id(&resp);
         let _ = resp.bytes().await;
+        h.wait_usage(&id, 1).await;
+        let first = h
+            .decisions_for(&id)
+            .into_iter()
+            .find(|d| matches!(d.outcome, Outcome::Deny | Outcome::ShadowDeny))
+            .map(|d| {
+                assert_eq!(
+                    d.outcome,
+                    if mode == "shadow" {
+                        Outcome::ShadowDeny
+                    } else {
+                        Outcome::Deny
+                    }
+                );
+                d.rule
+            });
+        out.push((passed, first));
     }
-    for id in &ids {
-        h.wait_usage(id, 1).await;
-    }
-    let shadow: Vec<_> = ids
-        .iter()
-        .flat_map(|id| h.decisions_for(id))
-        .filter(|d| d.outcome == Outcome::ShadowDeny)
-        .collect();
-    assert_eq!(
-        shadow.len(),
-        3,
-        "requests 4..6 would have been denied: {shadow:?}"
+    out
+}
+
+#[tokio::test]
+async fn shadow_mode_denies_nothing_and_records_the_same_would_be_denials() {
+    let enforced = run_workload("enforce").await;
+    let shadow = run_workload("shadow").await;
+    let denied: Vec<usize> = (0..8).filter(|&i| !enforced[i].0).collect();
+    assert!(
+        !denied.is_empty() && denied.len() < 8,
+        "the workload must hit a limit: {enforced:?}"
     );
     assert!(
-        shadow
-            .iter()
-            .all(|d| d.rule == "acme-rpm-trial" && d.counter_limit == Some(3))
+        shadow.iter().all(|(passed, _)| *passed),
+        "shadow mode never denies"
     );
+    for i in 0..8 {
+        assert_eq!(
+            enforced[i].1, shadow[i].1,
+            "request {i}: enforce {:?} vs shadow {:?}",
+            enforced[i], shadow[i]
+        );
+    }
 }
