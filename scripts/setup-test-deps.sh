@@ -31,4 +31,15 @@ fi
 if ! "$VENV/bin/python" -c 'import deltalake, duckdb' >/dev/null 2>&1; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'deltalake>=1,<2' 'duckdb>=1.1,<3'
 fi
+# psycopg: a real Python Postgres client for the wire-protocol tests (tests/e2e_clients.rs).
+if ! "$VENV/bin/python" -c 'import psycopg' >/dev/null 2>&1; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1,<4'
+fi
+# psql (Debian's postgresql-client) for the same tests.
+if ! command -v psql >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq postgresql-client >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq postgresql-client >/dev/null; }
+fi
 echo "test dependencies ready (python clients in $VENV)"
