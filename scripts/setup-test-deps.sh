@@ -42,4 +42,12 @@ if ! command -v psql >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq postgresql-client >/dev/null 2>&1 \
     || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq postgresql-client >/dev/null; }
 fi
+# Debian's Chromium, headless, for the screenshot test of the HTML report
+# (tests/e2e_report.rs).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq chromium >/dev/null; }
+fi
 echo "test dependencies ready (python clients in $VENV)"

@@ -107,9 +107,13 @@ enum Command {
         /// Period: 30m, 24h, 7d, 2w, an RFC 3339 time or a YYYY-MM-DD day.
         #[arg(long, default_value = "7d")]
         since: String,
-        /// Print JSON.
+        /// Print JSON (same as `--format json`).
         #[arg(long)]
         json: bool,
+        /// `text`, `json`, or `html`: a self-contained page with charts (daily spend per
+        /// model, top keys by spend) to open in a browser, offline.
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "html"])]
+        format: String,
         #[command(flatten)]
         access: cmd::query::Access,
     },
@@ -183,8 +187,12 @@ fn main() -> ExitCode {
             by,
             since,
             json,
+            format,
             access,
-        } => cmd::query::usage(&cli.global, by, since, json, access),
+        } => {
+            let format = if json { "json".to_owned() } else { format };
+            cmd::query::usage(&cli.global, by, since, &format, access)
+        }
         Command::Top {
             by,
             dimension,

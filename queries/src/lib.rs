@@ -30,6 +30,7 @@ pub use http::router;
 #[cfg(feature = "postgres")]
 pub use postgres::{serve_postgres, serve_postgres_on};
 pub use reports::Since;
+pub use reports::html::html_report;
 pub use reports::usage::{Dimension, TopBy, TopReport, UsageReport, top, usage_report};
 pub use reports::why::{Verdict, WhyReport, why};
 pub use scope::Principal;

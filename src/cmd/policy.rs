@@ -90,13 +90,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> Result<()> {
     }
 }
 
-fn test(
-    global: &GlobalArgs,
-    file: &Path,
-    request: &Path,
-    history: bool,
-    json: bool,
-) -> Result<()> {
+fn test(global: &GlobalArgs, file: &Path, request: &Path, history: bool, json: bool) -> Result<()> {
     let set = PolicySet::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let text = std::fs::read_to_string(request)
         .with_context(|| format!("policy.request: cannot read {}", request.display()))?;

@@ -134,7 +134,7 @@ pub(crate) fn usage(
     global: &GlobalArgs,
     by: String,
     since: String,
-    json: bool,
+    format: &str,
     access: Access,
 ) -> Result<()> {
     let cfg = super::load_config(global)?;
@@ -143,8 +143,15 @@ pub(crate) fn usage(
     let since = Since::parse(&since)?;
     super::runtime()?.block_on(async move {
         let engine = local_engine(&cfg).await?;
+        if format == "html" {
+            print!(
+                "{}",
+                tally_queries::html_report(&engine, since, &who).await?
+            );
+            return Ok(());
+        }
         let report = tally_queries::usage_report(&engine, &dims, since, &who).await?;
-        if json {
+        if format == "json" {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", report.render_text());

@@ -6,6 +6,7 @@
 //! bound as parameters, dimensions come from a closed list).
 
 pub mod history;
+pub mod html;
 pub mod usage;
 pub mod why;
 
