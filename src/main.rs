@@ -155,6 +155,9 @@ enum Command {
     /// The query servers alone (split mode): admin HTTP API with /healthz and /readyz,
     /// and the Postgres wire protocol, over the tables at ledger.tables_uri. Read-only.
     Serve(cmd::serve::ServeArgs),
+    /// Split mode: the proxy alone. Events go to Kafka (with a local outage spool) when
+    /// `kafka:` is configured, else to the local event log for `tally ledger run`.
+    Enforcer(cmd::enforcer::EnforcerArgs),
 }
 
 fn main() -> ExitCode {
@@ -205,6 +208,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd::config::run(c),
         Command::Export(args) => cmd::export::run(&cli.global, args),
         Command::Serve(args) => cmd::serve::run(&cli.global, args),
+        Command::Enforcer(args) => cmd::enforcer::run(&cli.global, args),
         Command::Reconcile(args) => match cmd::reconcile::run(&cli.global, args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),

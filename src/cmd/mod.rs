@@ -3,6 +3,7 @@
 
 pub(crate) mod config;
 pub(crate) mod demo;
+pub(crate) mod enforcer;
 pub(crate) mod export;
 pub(crate) mod keys;
 pub(crate) mod ledger;

@@ -141,12 +141,19 @@ fn test(global: &GlobalArgs, file: &Path, request: &Path, history: bool, json: b
     }
     let header = EventHeader::new("policy-test", "req_policy_test", &attrs.tenant);
     let explanation = engine.explain(&attrs, &header, now);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&explanation))?);
+    let text = if json {
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&to_json(&explanation))?
+        )
     } else {
-        print!("{}", render(&explanation));
+        render(&explanation)
+    };
+    // A reader that stops early (`| head`, `| grep -q`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn verdict_json(e: &Explanation) -> serde_json::Value {

@@ -8,7 +8,7 @@
 //! [`Stack`] is the running stack as a value, so `tally demo` starts and stops the same
 //! thing `tally up --dev` does.
 
-mod ops;
+pub(crate) mod ops;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -195,15 +195,14 @@ impl Stack {
                 proxy_addr: proxy_addr.to_string(),
                 sink: state.sink.health(),
                 log_dir: log_dir.clone(),
-                ledger: handle.clone(),
-                ledger_stopped: ledger_ended.clone(),
-                engine: engine.clone(),
+                ledger: Some((handle.clone(), ledger_ended.clone())),
+                engine: Some(engine.clone()),
             };
             Arc::new(ops::Ops::new(
                 probes,
                 tally_queries::Authenticator::new(&cfg.queries),
                 &state.sink,
-                log.clone(),
+                ops::LogSource::Local(log.clone()),
                 move || {
                     weak.upgrade()
                         .map_or(0.0, |s| s.stats.in_flight.load(Ordering::Relaxed) as f64)
@@ -357,7 +356,6 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     })
 }
 
-/// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it.
 /// The policy's background work, in one task: drop idle counters every minute, and
 /// reload the policy file when it changes (checked every `proxy.policy_reload_secs`) or
 /// on SIGHUP.
@@ -434,6 +432,7 @@ pub(crate) async fn rebuild_counters(
     Ok(())
 }
 
+/// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it.
 pub(crate) async fn start_postgres(
     cfg: &TallyConfig,
     engine: &Arc<QueryEngine>,

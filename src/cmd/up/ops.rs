@@ -1,4 +1,5 @@
-//! Operations endpoints of `tally up` on the admin listener: `/healthz` (the process
+//! Operations endpoints of `tally up` and `tally enforcer` on the admin listener:
+//! `/healthz` (the process
 //! answers), `/readyz` (named checks as JSON, 503 when one fails) — both without a token,
 //! for probes — and `/metrics` (Prometheus/OpenMetrics text, admin token required). Owns
 //! the one metrics registry: the enforcer's metrics plus the event log, ledger and spool
@@ -18,7 +19,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tally_enforcer::metrics::{FnKind, FnMetric};
 use tally_enforcer::{EventSink, SinkHealth};
-use tally_events::log::SegmentLog;
+use tally_events::log::{SegmentLog, SpoolingLog};
 use tally_ledger::{LedgerHandle, LedgerStatus};
 use tally_queries::{Authenticator, Principal, QueryEngine, QueryError};
 
@@ -34,11 +35,21 @@ pub(crate) struct Probes {
     pub(crate) proxy_listening: Arc<AtomicBool>,
     pub(crate) proxy_addr: String,
     pub(crate) sink: SinkHealth,
+    /// The local directory the event log (or the Kafka log's outage spool) writes to.
     pub(crate) log_dir: PathBuf,
-    pub(crate) ledger: LedgerHandle,
-    /// Set when the ledger's task has ended.
-    pub(crate) ledger_stopped: Arc<AtomicBool>,
-    pub(crate) engine: Arc<QueryEngine>,
+    /// The in-process ledger and whether its task has ended (`tally up`; `tally
+    /// enforcer` has none).
+    pub(crate) ledger: Option<(LedgerHandle, Arc<AtomicBool>)>,
+    /// The query engine (`tally up`; `tally enforcer` has none).
+    pub(crate) engine: Option<Arc<QueryEngine>>,
+}
+
+/// The event log whose figures `/metrics` reports.
+pub(crate) enum LogSource {
+    /// The local segment log.
+    Local(Arc<SegmentLog>),
+    /// Kafka with its local outage spool.
+    Kafka(Arc<SpoolingLog>),
 }
 
 /// The state of the operations routes.
@@ -62,7 +73,7 @@ impl Ops {
         probes: Probes,
         auth: Authenticator,
         sink: &EventSink,
-        log: Arc<SegmentLog>,
+        log: LogSource,
         in_flight: impl Fn() -> f64 + Send + Sync + 'static,
     ) -> Self {
         let mut registry = Registry::with_prefix("tally");
@@ -72,10 +83,17 @@ impl Ops {
             "Requests being forwarded or streamed right now",
             FnMetric::single(FnKind::Gauge, in_flight),
         );
-        register_log(&mut registry, log);
         let ledger_status = Arc::new(Mutex::new(None));
-        register_ledger(&mut registry, &ledger_status);
-        register_spool(&mut registry);
+        match log {
+            LogSource::Local(log) => {
+                register_log(&mut registry, log);
+                register_spool(&mut registry, None);
+            }
+            LogSource::Kafka(log) => register_spool(&mut registry, Some(log)),
+        }
+        if probes.ledger.is_some() {
+            register_ledger(&mut registry, &ledger_status);
+        }
         Self {
             registry,
             probes,
@@ -86,14 +104,18 @@ impl Ops {
 
     /// Render the registry (refreshing the ledger figures first).
     pub(crate) async fn render(&self) -> String {
-        match tokio::time::timeout(CHECK_TIMEOUT, self.probes.ledger.status()).await {
-            Ok(Ok(status)) => {
-                if let Ok(mut slot) = self.ledger_status.lock() {
-                    *slot = Some(status);
+        if let Some((ledger, _)) = &self.probes.ledger {
+            match tokio::time::timeout(CHECK_TIMEOUT, ledger.status()).await {
+                Ok(Ok(status)) => {
+                    if let Ok(mut slot) = self.ledger_status.lock() {
+                        *slot = Some(status);
+                    }
                 }
+                Ok(Err(e)) => {
+                    tracing::warn!(code = e.code(), error = %e, "ledger status for metrics")
+                }
+                Err(_) => tracing::warn!("ledger status for metrics timed out"),
             }
-            Ok(Err(e)) => tracing::warn!(code = e.code(), error = %e, "ledger status for metrics"),
-            Err(_) => tracing::warn!("ledger status for metrics timed out"),
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -120,22 +142,24 @@ impl Ops {
             }
             (Err(e), _) | (_, Err(e)) => Check::failed("event_log", e),
         });
-        checks.push(if p.ledger_stopped.load(Ordering::Relaxed) {
-            Check::failed("ledger", "the ledger is not running")
-        } else {
-            match p.ledger.last_error() {
-                None => Check::ok("ledger", "running"),
-                Some(e) => Check::failed("ledger", format!("latest batch failed: {e}")),
-            }
-        });
-        let probe = p
-            .engine
-            .collect("SELECT count(*) FROM usage WHERE 1 = 0", &Principal::Admin);
-        checks.push(match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-            Ok(Ok(_)) => Check::ok("tables", p.engine.tables_root().to_string()),
-            Ok(Err(e)) => Check::failed("tables", format!("{}: {e}", e.code())),
-            Err(_) => Check::failed("tables", format!("no answer within {CHECK_TIMEOUT:?}")),
-        });
+        if let Some((ledger, stopped)) = &p.ledger {
+            checks.push(if stopped.load(Ordering::Relaxed) {
+                Check::failed("ledger", "the ledger is not running")
+            } else {
+                match ledger.last_error() {
+                    None => Check::ok("ledger", "running"),
+                    Some(e) => Check::failed("ledger", format!("latest batch failed: {e}")),
+                }
+            });
+        }
+        if let Some(engine) = &p.engine {
+            let probe = engine.collect("SELECT count(*) FROM usage WHERE 1 = 0", &Principal::Admin);
+            checks.push(match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+                Ok(Ok(_)) => Check::ok("tables", engine.tables_root().to_string()),
+                Ok(Err(e)) => Check::failed("tables", format!("{}: {e}", e.code())),
+                Err(_) => Check::failed("tables", format!("no answer within {CHECK_TIMEOUT:?}")),
+            });
+        }
         Readiness {
             ready: checks.iter().all(|c| c.ok),
             checks,
@@ -332,17 +356,37 @@ fn register_ledger(registry: &mut Registry, slot: &StatusSlot) {
     );
 }
 
-fn register_spool(registry: &mut Registry) {
-    // The embedded stack writes the local segment log: nothing is ever spooled. With a
-    // Kafka log these read `SpoolingLog::stats()`.
+fn register_spool(registry: &mut Registry, log: Option<Arc<SpoolingLog>>) {
+    // The local segment log never spools: these stay 0 there.
+    let stat = |f: fn(&tally_events::log::SpoolStats) -> u64| {
+        let log = log.clone();
+        move || log.as_ref().map_or(0.0, |l| f(&l.stats()) as f64)
+    };
     registry.register(
         "spool_records",
         "Records waiting in the local outage spool for Kafka (0 with the local log)",
-        FnMetric::single(FnKind::Gauge, || 0.0),
+        FnMetric::single(FnKind::Gauge, stat(|s| s.spool_records)),
     );
     registry.register(
         "spool_bytes",
         "Bytes waiting in the local outage spool for Kafka (0 with the local log)",
-        FnMetric::single(FnKind::Gauge, || 0.0),
+        FnMetric::single(FnKind::Gauge, stat(|s| s.spool_bytes)),
     );
+    if log.is_some() {
+        registry.register(
+            "spooling",
+            "1 while appends go to the outage spool because Kafka is unavailable or slow",
+            FnMetric::single(FnKind::Gauge, stat(|s| u64::from(s.spooling))),
+        );
+        registry.register(
+            "kafka_acked_records",
+            "Records Kafka acknowledged directly (not through the spool) since start",
+            FnMetric::single(FnKind::Counter, stat(|s| s.kafka_acked)),
+        );
+        registry.register(
+            "spool_drained_records",
+            "Spooled records drained into Kafka since start",
+            FnMetric::single(FnKind::Counter, stat(|s| s.drained)),
+        );
+    }
 }

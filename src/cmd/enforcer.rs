@@ -1,0 +1,163 @@
+//! `tally enforcer`: the proxy on its own (split mode). Policies, usage and decision
+//! events to the event log — Kafka with its local outage spool when `kafka:` is set, else
+//! the local segment log of the data directory, which a `tally ledger run` on the same
+//! directory materializes — and the operations endpoints (`/healthz`, `/readyz`,
+//! `/metrics`) on the admin listener. No ledger and no SQL here; wiring only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tally_enforcer::{EnforcerMetrics, EventSink, ProxyState};
+use tally_events::log::{EventLog, SegmentLog, SpoolingLog};
+
+use super::up::{ops, policy_upkeep, rebuild_counters, shutdown_signal};
+use crate::GlobalArgs;
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct EnforcerArgs {
+    /// Proxy listen address (overrides proxy.listen).
+    #[arg(long, env = "TALLY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Admin listen address for /healthz, /readyz and /metrics (overrides admin.listen).
+    #[arg(long, env = "TALLY_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Seconds to let in-flight requests and streams finish on shutdown.
+    #[arg(long, env = "TALLY_DRAIN_SECONDS", default_value_t = 30)]
+    drain_seconds: u64,
+    /// Add a `tenant` label to the token, cost and decision metrics.
+    #[arg(long, env = "TALLY_METRICS_TENANT_LABEL")]
+    metrics_tenant_label: bool,
+}
+
+pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
+    let mut cfg = super::load_config(global)?;
+    if let Some(l) = args.listen {
+        cfg.proxy.listen = l;
+    }
+    if let Some(l) = args.admin_listen {
+        cfg.admin.listen = l;
+    }
+    let drain = Duration::from_secs(args.drain_seconds);
+    super::runtime()?.block_on(async move {
+        // The event log: Kafka (with the outage spool) or the local segment log.
+        let (log, source, log_dir, kafka): (Arc<dyn EventLog>, _, _, _) = match &cfg.kafka {
+            Some(kafka) => {
+                let dir = kafka
+                    .spool
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir.join("spool"));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("log.io: cannot create {}", dir.display()))?;
+                let spool = Arc::new(
+                    SpoolingLog::open(kafka, &dir)
+                        .context("opening the Kafka event log and its outage spool")?,
+                );
+                let description = format!("kafka {} topic {}", kafka.brokers, kafka.topic);
+                (
+                    spool.clone() as Arc<dyn EventLog>,
+                    ops::LogSource::Kafka(spool),
+                    dir,
+                    Some(description),
+                )
+            }
+            None => {
+                let dir = cfg.log_dir();
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("log.io: cannot create {}", dir.display()))?;
+                let log = Arc::new(SegmentLog::open(&dir, &cfg.log)?);
+                (
+                    log.clone() as Arc<dyn EventLog>,
+                    ops::LogSource::Local(log),
+                    dir,
+                    None,
+                )
+            }
+        };
+        let metrics = Arc::new(EnforcerMetrics::new(args.metrics_tenant_label));
+        let (sink, sink_task) =
+            EventSink::start_with_metrics(log.clone(), &cfg.proxy.event_queue, metrics);
+        let state = Arc::new(
+            ProxyState::new(cfg.proxy.clone(), cfg.instance_name(), sink)
+                .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
+        );
+
+        // Counters from the committed tables, plus (local log) the tail the ledger has not
+        // committed; with Kafka the uncommitted tail is not read (see docs/policies.md).
+        if !state.policy.policy().is_empty() {
+            let engine = super::query::local_engine(&cfg)
+                .await
+                .context("opening the tables to rebuild policy counters")?;
+            rebuild_counters(&state.policy, &engine).await?;
+        }
+
+        let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
+        let proxy_addr = listener.local_addr()?;
+        let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .with_context(|| format!("admin.bind: cannot listen on {}", cfg.admin.listen))?;
+        let admin_addr = admin.local_addr()?;
+        let listening = Arc::new(AtomicBool::new(false));
+        let ops = {
+            let weak = Arc::downgrade(&state);
+            Arc::new(ops::Ops::new(
+                ops::Probes {
+                    proxy_listening: listening.clone(),
+                    proxy_addr: proxy_addr.to_string(),
+                    sink: state.sink.health(),
+                    log_dir: log_dir.clone(),
+                    ledger: None,
+                    engine: None,
+                },
+                tally_queries::Authenticator::new(&cfg.queries),
+                &state.sink,
+                source,
+                move || {
+                    weak.upgrade()
+                        .map_or(0.0, |s| s.stats.in_flight.load(Ordering::Relaxed) as f64)
+                },
+            ))
+        };
+        let admin_task = tokio::spawn(async move { axum::serve(admin, ops::router(ops)).await });
+        let upkeep = policy_upkeep(state.clone());
+
+        println!("tally enforcer listening on http://{proxy_addr}");
+        println!("tally admin API on http://{admin_addr} (/healthz, /readyz, /metrics)");
+        match &kafka {
+            Some(k) => println!("  event log: {k} (outage spool {})", log_dir.display()),
+            None => println!("  event log: {}", log_dir.display()),
+        }
+
+        let shutdown_at = Arc::new(std::sync::OnceLock::new());
+        let signal = {
+            let (listening, at) = (listening.clone(), shutdown_at.clone());
+            async move {
+                shutdown_signal().await;
+                listening.store(false, Ordering::Relaxed);
+                let _ = at.set(Instant::now());
+            }
+        };
+        listening.store(true, Ordering::Relaxed);
+        tally_enforcer::server::serve(listener, state.clone(), signal, drain).await?;
+        let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + drain;
+        while state.stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        upkeep.abort();
+        drop(state);
+        match tokio::time::timeout(Duration::from_secs(10), sink_task.finish()).await {
+            Ok(Ok(())) => tracing::info!("event log flushed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "flushing the event log failed"),
+            Err(_) => tracing::warn!("gave up waiting for the event sink"),
+        }
+        admin_task.abort();
+        // The Kafka log waits for outstanding deliveries (or spools them) when dropped.
+        drop(log);
+        println!("tally enforcer stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,253 @@
+//! `tally enforcer`, the proxy alone (split mode), as a real process:
+//! - with the local event log, a separate `tally ledger run --once` materializes what it
+//!   wrote, and `tally sql` counts every request;
+//! - with `kafka:` set, its events land in the Kafka topic (rdkafka's in-process mock
+//!   cluster, which speaks the real protocol on loopback) and are read back with the
+//!   Kafka reader;
+//! - `/healthz`, `/readyz` and `/metrics` answer on the admin listener, and SIGTERM stops
+//!   it cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::{run_ok, sql_numbers};
+use tally_events::log::{KafkaConfig, KafkaReader, Position};
+use tally_events::{Event, FinishState};
+
+const ADMIN_TOKEN: &str = "enforcer-test-admin";
+
+struct Enforcer {
+    child: Child,
+    proxy: String,
+    admin: String,
+}
+
+impl Enforcer {
+    fn start(data_dir: &Path, config: &Path) -> Enforcer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args([
+                "enforcer",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--drain-seconds", "5", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("TALLY_CONFIG")
+            .env("TALLY_LOG_FILTER", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut proxy, mut admin) = (None, None);
+        while proxy.is_none() || admin.is_none() {
+            let line = lines
+                .next()
+                .expect("tally enforcer printed its addresses")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("tally enforcer listening on ") {
+                proxy = Some(a.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("tally admin API on ") {
+                admin = rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Enforcer {
+            child,
+            proxy: proxy.unwrap(),
+            admin: admin.unwrap(),
+        }
+    }
+
+    fn stop(mut self) {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "tally enforcer exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "tally enforcer did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config pointing every upstream at the simulator, with dev keys, an admin token and
+/// `extra` YAML sections.
+fn config(dir: &Path, simulator: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("tally.yaml");
+    let hash = tally_queries::hash_token(ADMIN_TOKEN);
+    std::fs::write(
+        &path,
+        format!(
+            "proxy:\n  dev_keys: true\n  upstreams:\n    openai: {{base_url: '{simulator}', provider: openai}}\n    anthropic: {{base_url: '{simulator}', provider: anthropic}}\n    gemini: {{base_url: '{simulator}', provider: gemini}}\nqueries:\n  admin_tokens: ['{hash}']\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn simulator() -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt
+        .block_on(tally_simulator::spawn(
+            tally_simulator::SimConfig::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let url = sim.base_url();
+    std::mem::forget(sim); // serves until the runtime is dropped with the test
+    (rt, url)
+}
+
+fn send(e: &Enforcer, n: usize) {
+    let client = reqwest::blocking::Client::new();
+    for i in 0..n {
+        let status = client
+            .post(format!("{}/v1/chat/completions", e.proxy))
+            .header("authorization", format!("Bearer dev-acme-{}", i % 2))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"gpt-4o-mini","max_tokens":30,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+}
+
+fn probes(e: &Enforcer) -> String {
+    let client = reqwest::blocking::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", e.admin))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = client.get(format!("{}/readyz", e.admin)).send().unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().unwrap();
+    let names: Vec<&str> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["proxy", "event_log"], "{ready}");
+    let metrics = client
+        .get(format!("{}/metrics", e.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    metrics.text().unwrap()
+}
+
+#[test]
+fn the_enforcer_alone_writes_the_local_log_that_a_separate_ledger_materializes() {
+    let (_rt, sim) = simulator();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let cfg = config(tmp.path(), &sim, "");
+    let e = Enforcer::start(&data_dir, &cfg);
+    send(&e, 6);
+    let metrics = probes(&e);
+    assert!(
+        metrics.contains("tally_log_appended_records_total"),
+        "{metrics}"
+    );
+    e.stop();
+    run_ok(&data_dir, &["ledger", "run", "--once"]);
+    assert_eq!(
+        sql_numbers(
+            &data_dir,
+            "SELECT count(*), count(DISTINCT api_key_id) FROM usage"
+        ),
+        [6, 2]
+    );
+}
+
+#[test]
+fn with_kafka_configured_the_enforcer_produces_its_events_to_the_topic() {
+    let (_rt, sim) = simulator();
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("tally-events-e2e", 2, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let kafka = format!(
+        "kafka:\n  brokers: '{}'\n  topic: tally-events-e2e\n  partitions: 2\n",
+        mock.bootstrap_servers()
+    );
+    let cfg = config(tmp.path(), &sim, &kafka);
+    let e = Enforcer::start(&data_dir, &cfg);
+    send(&e, 5);
+    let metrics = probes(&e);
+    assert!(
+        metrics.contains("tally_kafka_acked_records_total"),
+        "{metrics}"
+    );
+    e.stop();
+    assert!(
+        !data_dir.join("log").exists(),
+        "with Kafka nothing goes to the local segment log"
+    );
+
+    let reader = KafkaReader::standalone(&KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        topic: "tally-events-e2e".into(),
+        partitions: 2,
+        ..KafkaConfig::default()
+    })
+    .unwrap();
+    let partitions = reader.partitions().unwrap();
+    let starts: Vec<Position> = (0..partitions)
+        .map(|p| Position::new(u64::from(p), 0))
+        .collect();
+    reader.assign(&starts).unwrap();
+    let mut usage = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while usage.len() < 5 && Instant::now() < deadline {
+        for r in reader.poll(100, Duration::from_millis(200)).unwrap() {
+            if let Event::Usage(u) = tally_events::decode(&r.payload).unwrap() {
+                usage.push(u);
+            }
+        }
+    }
+    assert_eq!(
+        usage.len(),
+        5,
+        "every request's usage event is in the topic"
+    );
+    assert!(
+        usage
+            .iter()
+            .all(|u| u.finish_state == FinishState::Completed
+                && u.header.tenant == "acme"
+                && u.tokens.output_tokens > 0)
+    );
+}
