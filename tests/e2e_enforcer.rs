@@ -2,8 +2,9 @@
 //! - with the local event log, a separate `tally ledger run --once` materializes what it
 //!   wrote, and `tally sql` counts every request;
 //! - with `kafka:` set, its events land in the Kafka topic (rdkafka's in-process mock
-//!   cluster, which speaks the real protocol on loopback) and are read back with the
-//!   Kafka reader;
+//!   cluster, which speaks the real protocol on loopback), are read back with the Kafka
+//!   reader, and a Kafka-fed `tally ledger run --once` (one ledger per partition) commits
+//!   each exactly once, also when run twice;
 //! - `/healthz`, `/readyz` and `/metrics` answer on the admin listener, and SIGTERM stops
 //!   it cleanly.
 
@@ -249,5 +250,29 @@ fn with_kafka_configured_the_enforcer_produces_its_events_to_the_topic() {
             .all(|u| u.finish_state == FinishState::Completed
                 && u.header.tenant == "acme"
                 && u.tokens.output_tokens > 0)
+    );
+
+    // A Kafka-fed ledger (one per partition) commits them, exactly once across runs.
+    let ledger = |args: &[&str]| {
+        let out = common::cli::tally_in(&data_dir)
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = ledger(&["ledger", "run", "--once"]);
+    assert!(first.contains("from 2 partition(s)"), "{first}");
+    ledger(&["ledger", "run", "--once"]);
+    let expected_output: u64 = usage.iter().map(|u| u.tokens.output_tokens).sum();
+    assert_eq!(
+        sql_numbers(&data_dir, "SELECT count(*), sum(output_tokens) FROM usage"),
+        [5, expected_output]
     );
 }

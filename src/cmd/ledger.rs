@@ -1,4 +1,5 @@
-//! `tally ledger`: run the materializer as its own process (split mode), compact and
+//! `tally ledger`: run the materializer as its own process (split mode; from the local
+//! log, or from Kafka with one ledger per partition), compact and
 //! vacuum the tables, and show lag, last commit and size of each table. Wiring only: the
 //! work is `tally_ledger::Ledger`.
 
@@ -17,7 +18,8 @@ use crate::config::TallyConfig;
 #[derive(Subcommand, Debug)]
 pub(crate) enum LedgerCommand {
     /// Materialize the event log into the Delta tables until Ctrl-C / SIGTERM, as its own
-    /// process (one ledger per log and tables root: `tally up` runs its own). On a stop
+    /// process (one ledger per log and tables root: `tally up` runs its own). With
+    /// `kafka:` configured it reads the topic, one ledger per partition. On a stop
     /// signal the batch in hand is committed; anything later is committed on the next
     /// start, and a crash at any moment neither loses nor duplicates an event.
     Run {
@@ -51,6 +53,93 @@ async fn open(cfg: &TallyConfig) -> Result<Ledger> {
         .context("opening the ledger")
 }
 
+/// The Kafka-fed ledger: one [`Ledger`] per partition of the topic, each with its own
+/// source name `<ledger.source_name>.p<N>` (so its positions are its own app
+/// transaction in every table), all committing to the same tables. `once`: catch every
+/// partition up to its high watermark as of now, then exit.
+async fn run_kafka(cfg: &TallyConfig, once: bool) -> Result<()> {
+    let Some(kafka) = &cfg.kafka else {
+        anyhow::bail!("config.invalid: no kafka: section");
+    };
+    let partitions = tokio::task::spawn_blocking({
+        let kafka = kafka.clone();
+        move || tally_events::log::KafkaPartitionLog::partitions(&kafka)
+    })
+    .await?
+    .context("reading the topic's partitions")?;
+    let root = cfg.tables_root();
+    let mut ledgers = Vec::new();
+    for p in 0..partitions {
+        let mut config = cfg.ledger.clone();
+        config.source_name = format!("{}.p{p}", cfg.ledger.source_name);
+        let log: Arc<dyn EventLog> = Arc::new(
+            tally_events::log::KafkaPartitionLog::open(kafka, p)
+                .with_context(|| format!("opening partition {p} of {}", kafka.topic))?,
+        );
+        ledgers.push(
+            Ledger::open(config, &root, log)
+                .await
+                .with_context(|| format!("opening the ledger of partition {p}"))?,
+        );
+    }
+    println!(
+        "tally ledger: kafka {} topic {} ({partitions} partition(s)) -> {root}",
+        kafka.brokers, kafka.topic
+    );
+    if once {
+        let mut totals = [0u64; 3];
+        for (p, ledger) in ledgers.iter_mut().enumerate() {
+            let s = ledger
+                .catch_up(|done, total| {
+                    eprint!("\rpartition {p}: {done}/{total} records   ");
+                    let _ = std::io::stderr().flush();
+                })
+                .await?;
+            eprintln!();
+            for (t, n) in totals.iter_mut().zip(s.rows) {
+                *t += n;
+            }
+        }
+        println!(
+            "committed {} usage, {} decision and {} correction event(s) from {partitions} partition(s)",
+            totals[0], totals[1], totals[2]
+        );
+        return Ok(());
+    }
+    let stop = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = ledgers
+        .into_iter()
+        .map(|ledger| {
+            let mut rx = stop.1.clone();
+            tokio::spawn(ledger.run(async move {
+                let _ = rx.changed().await;
+            }))
+        })
+        .collect();
+    super::up::shutdown_signal().await;
+    let _ = stop.0.send(true);
+    let mut failed = false;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed = true;
+                tracing::error!(error = %e, "a partition's ledger stopped with uncommitted records (committed on the next start)");
+            }
+            Err(e) => {
+                failed = true;
+                tracing::error!(error = %e, "a partition's ledger task failed");
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!(
+            "ledger.stopped: some partitions stopped with uncommitted records; they are committed on the next start"
+        );
+    }
+    Ok(())
+}
+
 /// `\r`-rewritten progress of a catch-up on stderr.
 fn progress(done: u64, total: u64) {
     let pct = (done * 100).checked_div(total).unwrap_or(100);
@@ -61,6 +150,9 @@ fn progress(done: u64, total: u64) {
 pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
     let cfg = super::load_config(global)?;
     match cmd {
+        LedgerCommand::Run { once } if cfg.kafka.is_some() => {
+            super::runtime()?.block_on(run_kafka(&cfg, once))
+        }
         LedgerCommand::Run { once } => super::runtime()?.block_on(async move {
             let mut ledger = open(&cfg).await?;
             if once {

@@ -20,7 +20,8 @@ pub use segment::{LogStats, SegmentLog};
 #[cfg(feature = "kafka")]
 pub use {
     kafka::{
-        KafkaConfig, KafkaLog, KafkaReader, KafkaStats, RebalanceEvent, SpoolConfig, StartPositions,
+        KafkaConfig, KafkaLog, KafkaPartitionLog, KafkaReader, KafkaStats, RebalanceEvent,
+        SpoolConfig, StartPositions,
     },
     spool::{SpoolStats, SpoolingLog},
 };

@@ -11,12 +11,14 @@
 //! [`EventLog`]: super::EventLog
 
 mod config;
+mod partition;
 mod producer;
 mod reader;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 pub use config::{KafkaConfig, SpoolConfig};
+pub use partition::KafkaPartitionLog;
 pub use producer::{KafkaLog, KafkaStats};
 pub use reader::{KafkaReader, RebalanceEvent, StartPositions};
 
