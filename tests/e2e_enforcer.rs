@@ -1,6 +1,6 @@
 //! `tally enforcer`, the proxy alone (split mode), as a real process:
-//! - with the local event log, a separate `tally ledger run --once` materializes what it
-//!   wrote, and `tally sql` counts every request;
+//! - with the local event log, a separate `tally ledger run` (with `/healthz` and
+//!   `/readyz`) materializes what it wrote, and `tally sql` counts every request once;
 //! - with `kafka:` set, its events land in the Kafka topic (rdkafka's in-process mock
 //!   cluster, which speaks the real protocol on loopback), are read back with the Kafka
 //!   reader, and a Kafka-fed `tally ledger run --once` (one ledger per partition) commits
@@ -183,14 +183,74 @@ fn the_enforcer_alone_writes_the_local_log_that_a_separate_ledger_materializes()
         "{metrics}"
     );
     e.stop();
-    run_ok(&data_dir, &["ledger", "run", "--once"]);
+
+    // The ledger as its own long-running process, with its probes.
+    let mut ledger = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "ledger",
+            "run",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .env_remove("TALLY_CONFIG")
+        .env("TALLY_LOG_FILTER", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin = BufReader::new(ledger.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("tally ledger admin on ")
+                .and_then(|r| r.split_whitespace().next().map(str::to_owned))
+        })
+        .expect("the ledger printed its admin address");
+    let client = reqwest::blocking::Client::new();
     assert_eq!(
-        sql_numbers(
-            &data_dir,
-            "SELECT count(*), count(DISTINCT api_key_id) FROM usage"
-        ),
-        [6, 2]
+        client
+            .get(format!("{admin}/healthz"))
+            .send()
+            .unwrap()
+            .status(),
+        200
     );
+    let committed = "SELECT count(*), count(DISTINCT api_key_id) FROM usage";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = sql_numbers(&data_dir, committed);
+        let ready = client.get(format!("{admin}/readyz")).send().unwrap();
+        if counted == [6, 2] && ready.status() == 200 {
+            let body: serde_json::Value = ready.json().unwrap();
+            assert_eq!(body["checks"][0]["name"], "ledger", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rows {counted:?}, readiness {}",
+            ready.status()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &ledger.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        ledger.wait().unwrap().success(),
+        "the ledger stops cleanly on SIGTERM"
+    );
+    // Committed, not only visible through the log tail: a catch-up finds nothing new.
+    let again = run_ok(&data_dir, &["ledger", "run", "--once"]);
+    assert!(
+        again.starts_with("committed 0 usage, 0 decision"),
+        "{again}"
+    );
+    assert_eq!(sql_numbers(&data_dir, committed), [6, 2]);
 }
 
 #[test]

@@ -26,6 +26,10 @@ pub(crate) enum LedgerCommand {
         /// Catch up to the log's end as of now (with progress), then exit.
         #[arg(long)]
         once: bool,
+        /// Listen address of `/healthz` and `/readyz` while running (overrides
+        /// admin.listen).
+        #[arg(long, env = "TALLY_ADMIN_LISTEN")]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// Compact small files of every table (also runs automatically in the background).
     Optimize,
@@ -57,7 +61,11 @@ async fn open(cfg: &TallyConfig) -> Result<Ledger> {
 /// source name `<ledger.source_name>.p<N>` (so its positions are its own app
 /// transaction in every table), all committing to the same tables. `once`: catch every
 /// partition up to its high watermark as of now, then exit.
-async fn run_kafka(cfg: &TallyConfig, once: bool) -> Result<()> {
+async fn run_kafka(
+    cfg: &TallyConfig,
+    once: bool,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let Some(kafka) = &cfg.kafka else {
         anyhow::bail!("config.invalid: no kafka: section");
     };
@@ -106,16 +114,70 @@ async fn run_kafka(cfg: &TallyConfig, once: bool) -> Result<()> {
         );
         return Ok(());
     }
-    let stop = tokio::sync::watch::channel(false);
-    let tasks: Vec<_> = ledgers
+    let labelled = ledgers
         .into_iter()
-        .map(|ledger| {
-            let mut rx = stop.1.clone();
-            tokio::spawn(ledger.run(async move {
-                let _ = rx.changed().await;
-            }))
-        })
+        .enumerate()
+        .map(|(p, l)| (format!("partition {p}"), l))
         .collect();
+    run_until_signal(cfg, labelled, admin_listen).await
+}
+
+/// Run `ledgers` until SIGTERM / Ctrl-C, serving `/healthz` and `/readyz` on the admin
+/// listener: ready while every ledger runs and its latest batch committed.
+async fn run_until_signal(
+    cfg: &TallyConfig,
+    ledgers: Vec<(String, Ledger)>,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    // An explicit --admin-listen must bind; the configured default may be taken by a
+    // `tally up` on the same host, and then the ledger runs without probes.
+    let listen = admin_listen.unwrap_or(cfg.admin.listen);
+    let admin = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => {
+            println!(
+                "tally ledger admin on http://{} (/healthz, /readyz)",
+                l.local_addr()?
+            );
+            Some(l)
+        }
+        Err(e) if admin_listen.is_none() => {
+            tracing::warn!(%listen, error = %e, "admin.bind: no /healthz and /readyz (pass --admin-listen to choose an address)");
+            None
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "admin.bind: cannot listen on {listen}: {e}"
+            ));
+        }
+    };
+    let stop = tokio::sync::watch::channel(false);
+    let mut probes = Vec::new();
+    let mut tasks = Vec::new();
+    for (label, ledger) in ledgers {
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        probes.push((label, ledger.handle(), ended.clone()));
+        let mut rx = stop.1.clone();
+        let run = ledger.run(async move {
+            let _ = rx.changed().await;
+        });
+        tasks.push(tokio::spawn(async move {
+            let result = run.await;
+            ended.store(true, std::sync::atomic::Ordering::Relaxed);
+            result
+        }));
+    }
+    let probes = Arc::new(probes);
+    let router = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let probes = probes.clone();
+                async move { readiness(&probes) }
+            }),
+        );
+    let admin_task =
+        admin.map(|admin| tokio::spawn(async move { axum::serve(admin, router).await }));
     super::up::shutdown_signal().await;
     let _ = stop.0.send(true);
     let mut failed = false;
@@ -124,20 +186,57 @@ async fn run_kafka(cfg: &TallyConfig, once: bool) -> Result<()> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 failed = true;
-                tracing::error!(error = %e, "a partition's ledger stopped with uncommitted records (committed on the next start)");
+                tracing::error!(error = %e, "a ledger stopped with uncommitted records (committed on the next start)");
             }
             Err(e) => {
                 failed = true;
-                tracing::error!(error = %e, "a partition's ledger task failed");
+                tracing::error!(error = %e, "a ledger task failed");
             }
         }
     }
+    if let Some(t) = admin_task {
+        t.abort();
+    }
     if failed {
         anyhow::bail!(
-            "ledger.stopped: some partitions stopped with uncommitted records; they are committed on the next start"
+            "ledger.stopped: the ledger stopped with uncommitted records; they are committed on the next start"
         );
     }
     Ok(())
+}
+
+type LedgerProbe = (
+    String,
+    tally_ledger::LedgerHandle,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// `/readyz` of `tally ledger run`: one check per ledger.
+fn readiness(probes: &[LedgerProbe]) -> axum::response::Response {
+    use super::up::ops::{Check, Readiness};
+    use axum::response::IntoResponse;
+    let checks: Vec<Check> = probes
+        .iter()
+        .map(|(label, handle, ended)| {
+            if ended.load(std::sync::atomic::Ordering::Relaxed) {
+                Check::failed("ledger", format!("{label}: not running"))
+            } else {
+                match handle.last_error() {
+                    None => Check::ok("ledger", format!("{label}: running")),
+                    Some(e) => {
+                        Check::failed("ledger", format!("{label}: latest batch failed: {e}"))
+                    }
+                }
+            }
+        })
+        .collect();
+    let ready = checks.iter().all(|c| c.ok);
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(Readiness { ready, checks })).into_response()
 }
 
 /// `\r`-rewritten progress of a catch-up on stderr.
@@ -150,10 +249,10 @@ fn progress(done: u64, total: u64) {
 pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
     let cfg = super::load_config(global)?;
     match cmd {
-        LedgerCommand::Run { once } if cfg.kafka.is_some() => {
-            super::runtime()?.block_on(run_kafka(&cfg, once))
+        LedgerCommand::Run { once, admin_listen } if cfg.kafka.is_some() => {
+            super::runtime()?.block_on(run_kafka(&cfg, once, admin_listen))
         }
-        LedgerCommand::Run { once } => super::runtime()?.block_on(async move {
+        LedgerCommand::Run { once, admin_listen } => super::runtime()?.block_on(async move {
             let mut ledger = open(&cfg).await?;
             if once {
                 let s = ledger.catch_up(progress).await?;
@@ -169,10 +268,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
                 cfg.log_dir().display(),
                 cfg.tables_root()
             );
-            ledger
-                .run(super::up::shutdown_signal())
-                .await
-                .context("the ledger stopped with uncommitted records (committed on the next start)")
+            run_until_signal(&cfg, vec![("local".to_owned(), ledger)], admin_listen).await
         }),
         LedgerCommand::Optimize => super::runtime()?.block_on(async move {
             let mut ledger = open(&cfg).await?;

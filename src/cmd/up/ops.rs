@@ -191,7 +191,7 @@ pub(crate) struct Check {
 }
 
 impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn ok(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             ok: true,
@@ -199,7 +199,7 @@ impl Check {
         }
     }
 
-    fn failed(name: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn failed(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             ok: false,
