@@ -336,3 +336,75 @@ fn with_kafka_configured_the_enforcer_produces_its_events_to_the_topic() {
         [5, expected_output]
     );
 }
+
+/// Three enforcers on one Kafka topic share a cap: each folds the others' usage from the
+/// topic. A round-robin client that leaves the propagation lag between requests is
+/// admitted about as many requests as by one enforcer, not three times as many.
+#[test]
+fn three_enforcers_share_a_daily_cap_through_the_topic() {
+    let (_rt, sim) = simulator();
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("tally-events-shared", 3, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - name: acme-daily\n    action: usage-cap\n    limit_tokens: 1000\n    unit: tokens\n    period: day\n",
+    )
+    .unwrap();
+    let enforcers: Vec<Enforcer> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("e{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let extra = format!(
+                "instance: enforcer-{i}\nkafka:\n  brokers: '{}'\n  topic: tally-events-shared\n  partitions: 3\n",
+                mock.bootstrap_servers()
+            );
+            let cfg = config(&dir, &sim, &extra);
+            let mut text = std::fs::read_to_string(&cfg).unwrap();
+            text = text.replacen("proxy:\n", &format!("proxy:\n  policy_file: {}\n", policy.display()), 1);
+            std::fs::write(&cfg, text).unwrap();
+            Enforcer::start(&dir.join("data"), &cfg)
+        })
+        .collect();
+    let client = reqwest::blocking::Client::new();
+    let mut admitted = 0u64;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let e = &enforcers[i % 3];
+        let status = client
+            .post(format!("{}/v1/chat/completions", e.proxy))
+            .header("authorization", "Bearer dev-acme-rr")
+            .header("x-sim-output-tokens", "100")
+            .header("content-type", "application/json")
+            .body(r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        statuses.push(status);
+        if status == 200 {
+            admitted += 1;
+        }
+        if statuses.len() >= 3 && statuses[statuses.len() - 3..].iter().all(|s| *s == 429) {
+            break; // every enforcer refuses
+        }
+        // Leave the propagation lag (produce, then the others' next poll).
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    for e in enforcers {
+        e.stop();
+    }
+    // One request is ~110 tokens (about 10 in, 100 out); reserving 10 + 100 each, at most
+    // 1000 / 110 = 9 fit under the cap however they are spread. Without shared counters
+    // each enforcer would admit its own 9 (27 in all).
+    assert!(
+        (8..=9).contains(&admitted),
+        "admitted {admitted} across three enforcers: {statuses:?}"
+    );
+    assert_eq!(
+        &statuses[statuses.len() - 3..],
+        &[429, 429, 429],
+        "{statuses:?}"
+    );
+}

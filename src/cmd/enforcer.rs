@@ -87,12 +87,27 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
         );
 
         // Counters from the committed tables, plus (local log) the tail the ledger has not
-        // committed; with Kafka the uncommitted tail is not read (see docs/policies.md).
+        // committed. With Kafka, a follower thread folds the topic from the tables'
+        // positions on: every instance's usage up to the end as of now (the uncommitted
+        // tail), then the other instances' usage as it arrives, so limits hold across
+        // enforcers.
+        let follow_stop = Arc::new(AtomicBool::new(false));
+        let mut follower = None;
         if !state.policy.policy().is_empty() {
             let engine = super::query::local_engine(&cfg)
                 .await
                 .context("opening the tables to rebuild policy counters")?;
             rebuild_counters(&state.policy, &engine).await?;
+            if let Some(kafka) = &cfg.kafka {
+                let starts = committed_usage_positions(&cfg, kafka).await?;
+                follower = Some(follow_topic(
+                    kafka.clone(),
+                    starts,
+                    state.clone(),
+                    cfg.instance_name(),
+                    follow_stop.clone(),
+                )?);
+            }
         }
 
         let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
@@ -148,6 +163,12 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         upkeep.abort();
+        follow_stop.store(true, Ordering::Relaxed);
+        if let Some(f) = follower
+            && f.join().is_err()
+        {
+            tracing::error!("the topic follower panicked");
+        }
         drop(state);
         match tokio::time::timeout(Duration::from_secs(10), sink_task.finish()).await {
             Ok(Ok(())) => tracing::info!("event log flushed"),
@@ -160,4 +181,86 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
         println!("tally enforcer stopped");
         Ok(())
     })
+}
+
+/// Per partition of the topic, the position up to which the `usage` table holds the
+/// partition's events (what `rebuild_counters` already folded): the Kafka-fed ledger's
+/// app transaction `<ledger.source_name>.p<N>`; the partition's start when nothing is
+/// committed.
+async fn committed_usage_positions(
+    cfg: &crate::config::TallyConfig,
+    kafka: &tally_events::log::KafkaConfig,
+) -> Result<Vec<tally_events::log::Position>> {
+    let partitions = tokio::task::spawn_blocking({
+        let kafka = kafka.clone();
+        move || tally_events::log::KafkaPartitionLog::partitions(&kafka)
+    })
+    .await?
+    .context("reading the topic's partitions")?;
+    let root = cfg.tables_root();
+    let mut starts = Vec::new();
+    for p in 0..partitions {
+        let mut ledger = cfg.ledger.clone();
+        ledger.source_name = format!("{}.p{p}", cfg.ledger.source_name);
+        let status = tally_ledger::ledger_status(&ledger, &root, None)
+            .await
+            .with_context(|| format!("reading the committed position of partition {p}"))?;
+        let committed = status
+            .tables
+            .iter()
+            .find(|t| t.table == "usage")
+            .and_then(|t| t.committed_position)
+            .filter(|pos| pos.segment == u64::from(p));
+        starts.push(committed.unwrap_or(tally_events::log::Position::new(u64::from(p), 0)));
+    }
+    Ok(starts)
+}
+
+/// Fold the topic's usage events into the policy counters on a thread of its own: every
+/// event before the partitions' ends as of now (the tail the tables do not hold yet),
+/// then only other instances' events (this instance counts its own as it serves them).
+fn follow_topic(
+    kafka: tally_events::log::KafkaConfig,
+    starts: Vec<tally_events::log::Position>,
+    state: Arc<ProxyState>,
+    me: String,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let reader = tally_events::log::KafkaReader::standalone(&kafka)?;
+    let mut catch_up_to = Vec::with_capacity(starts.len());
+    for p in &starts {
+        let partition = u32::try_from(p.segment).unwrap_or(0);
+        catch_up_to.push(reader.watermarks(partition)?.1);
+    }
+    reader.assign(&starts)?;
+    tracing::info!(
+        partitions = starts.len(),
+        "following the event topic for other instances' usage"
+    );
+    Ok(std::thread::Builder::new()
+        .name("tally-follow".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let records = match reader.poll(1_000, Duration::from_millis(200)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the event topic for shared limits; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                for r in records {
+                    let Ok(tally_events::Event::Usage(u)) = tally_events::decode(&r.payload) else {
+                        continue;
+                    };
+                    let tail = usize::try_from(r.position.segment)
+                        .ok()
+                        .and_then(|p| catch_up_to.get(p))
+                        .is_some_and(|&end| r.position.offset < end);
+                    if tail || u.header.gateway_instance != me {
+                        state.policy.rebuild(&u);
+                    }
+                }
+            }
+        })?)
 }
