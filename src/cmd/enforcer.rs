@@ -14,7 +14,7 @@ use clap::Args;
 use tally_enforcer::{EnforcerMetrics, EventSink, ProxyState};
 use tally_events::log::{EventLog, SegmentLog, SpoolingLog};
 
-use super::up::{ops, policy_upkeep, rebuild_counters, shutdown_signal};
+use super::up::{ops, policy_upkeep, rebuild_counters, shutdown_signal, wait_in_flight};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug, Clone)]
@@ -158,10 +158,7 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
         };
         listening.store(true, Ordering::Relaxed);
         tally_enforcer::server::serve(listener, state.clone(), signal, drain).await?;
-        let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + drain;
-        while state.stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_in_flight(&state, shutdown_at.get().copied(), drain).await;
         upkeep.abort();
         follow_stop.store(true, Ordering::Relaxed);
         if let Some(f) = follower
@@ -191,17 +188,9 @@ async fn committed_usage_positions(
     cfg: &crate::config::TallyConfig,
     kafka: &tally_events::log::KafkaConfig,
 ) -> Result<Vec<tally_events::log::Position>> {
-    let partitions = tokio::task::spawn_blocking({
-        let kafka = kafka.clone();
-        move || tally_events::log::KafkaPartitionLog::partitions(&kafka)
-    })
-    .await?
-    .context("reading the topic's partitions")?;
     let root = cfg.tables_root();
     let mut starts = Vec::new();
-    for p in 0..partitions {
-        let mut ledger = cfg.ledger.clone();
-        ledger.source_name = format!("{}.p{p}", cfg.ledger.source_name);
+    for (p, ledger) in super::ledger::partition_ledgers(cfg, kafka).await? {
         let status = tally_ledger::ledger_status(&ledger, &root, None)
             .await
             .with_context(|| format!("reading the committed position of partition {p}"))?;

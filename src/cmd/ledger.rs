@@ -57,6 +57,28 @@ async fn open(cfg: &TallyConfig) -> Result<Ledger> {
         .context("opening the ledger")
 }
 
+/// The ledger configuration of each partition of the topic: the configured one with the
+/// source name `<ledger.source_name>.p<N>`, so each partition's consumer position is its
+/// own app transaction in every table.
+pub(crate) async fn partition_ledgers(
+    cfg: &TallyConfig,
+    kafka: &tally_events::log::KafkaConfig,
+) -> Result<Vec<(u32, tally_ledger::LedgerConfig)>> {
+    let partitions = tokio::task::spawn_blocking({
+        let kafka = kafka.clone();
+        move || tally_events::log::KafkaPartitionLog::partitions(&kafka)
+    })
+    .await?
+    .context("reading the topic's partitions")?;
+    Ok((0..partitions)
+        .map(|p| {
+            let mut config = cfg.ledger.clone();
+            config.source_name = format!("{}.p{p}", cfg.ledger.source_name);
+            (p, config)
+        })
+        .collect())
+}
+
 /// The Kafka-fed ledger: one [`Ledger`] per partition of the topic, each with its own
 /// source name `<ledger.source_name>.p<N>` (so its positions are its own app
 /// transaction in every table), all committing to the same tables. `once`: catch every
@@ -69,17 +91,11 @@ async fn run_kafka(
     let Some(kafka) = &cfg.kafka else {
         anyhow::bail!("config.invalid: no kafka: section");
     };
-    let partitions = tokio::task::spawn_blocking({
-        let kafka = kafka.clone();
-        move || tally_events::log::KafkaPartitionLog::partitions(&kafka)
-    })
-    .await?
-    .context("reading the topic's partitions")?;
+    let per_partition = partition_ledgers(cfg, kafka).await?;
+    let partitions = per_partition.len();
     let root = cfg.tables_root();
     let mut ledgers = Vec::new();
-    for p in 0..partitions {
-        let mut config = cfg.ledger.clone();
-        config.source_name = format!("{}.p{p}", cfg.ledger.source_name);
+    for (p, config) in per_partition {
         let log: Arc<dyn EventLog> = Arc::new(
             tally_events::log::KafkaPartitionLog::open(kafka, p)
                 .with_context(|| format!("opening partition {p} of {}", kafka.topic))?,

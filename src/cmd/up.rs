@@ -277,18 +277,7 @@ impl Stack {
         tally_enforcer::server::serve(listener, state.clone(), signal, drain).await?;
         // One drain budget from the signal on: connections above, forwarding tasks here
         // (a stream whose client left may still be read to the end for its usage).
-        let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + drain;
-        while state.stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = state.stats.in_flight.load(Ordering::Relaxed);
-        if left > 0 {
-            tracing::warn!(
-                in_flight = left,
-                ?drain,
-                "drain deadline passed with requests still in flight"
-            );
-        }
+        wait_in_flight(&state, shutdown_at.get().copied(), drain).await;
         sweeper.abort();
         drop(state);
         match tokio::time::timeout(Duration::from_secs(10), sink_task.finish()).await {
@@ -354,6 +343,27 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         println!("tally stopped; event log durable up to {durable_end}");
         Ok(())
     })
+}
+
+/// After the proxy stopped accepting: wait for forwarding tasks (a stream whose client
+/// left may still be read to the end for its usage) until `drain` after the signal.
+pub(crate) async fn wait_in_flight(
+    state: &ProxyState,
+    signalled: Option<Instant>,
+    drain: Duration,
+) {
+    let deadline = signalled.unwrap_or_else(Instant::now) + drain;
+    while state.stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.stats.in_flight.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            in_flight = left,
+            ?drain,
+            "drain deadline passed with requests still in flight"
+        );
+    }
 }
 
 /// The policy's background work, in one task: drop idle counters every minute, and

@@ -465,15 +465,19 @@ impl StreamTracker {
         &self.state.text
     }
 
-    /// Estimated output tokens for what was streamed so far.
-    pub fn estimated_output_tokens(&self) -> u64 {
+    /// The tokenizer of the model that answers (served, else requested).
+    fn output_tokenizer(&self) -> estimate::Tokenizer {
         let model = self
             .state
             .model_served
             .as_deref()
             .or(self.requested_model.as_deref());
-        let tokenizer = estimate::tokenizer_for(self.endpoint.provider, model);
-        estimate::count_text(tokenizer, &self.state.text)
+        estimate::tokenizer_for(self.endpoint.provider, model)
+    }
+
+    /// Estimated output tokens for what was streamed so far.
+    pub fn estimated_output_tokens(&self) -> u64 {
+        estimate::count_text(self.output_tokenizer(), &self.state.text)
             .saturating_add(self.state.overflow_chars.div_ceil(4))
     }
 
@@ -483,12 +487,7 @@ impl StreamTracker {
     /// every chunk costs time linear in its length rather than quadratic. Equals
     /// [`StreamTracker::estimated_output_tokens`] up to rare merges across a cut.
     pub fn running_output_tokens(&mut self) -> u64 {
-        let model = self
-            .state
-            .model_served
-            .as_deref()
-            .or(self.requested_model.as_deref());
-        let tokenizer = estimate::tokenizer_for(self.endpoint.provider, model);
+        let tokenizer = self.output_tokenizer();
         let text = &self.state.text;
         let (mut upto, mut counted) = self.running;
         if upto > text.len() || !text.is_char_boundary(upto) {
