@@ -117,3 +117,32 @@ fn config_typos_and_missing_logs_fail_with_codes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("log.missing"));
 }
+
+/// A reader that stops early (`tally sql ... | head`) ends `tally sql` quietly with
+/// status 0, not with an error or a panic.
+#[test]
+fn sql_into_a_pipe_closed_early_exits_quietly() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = tally()
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "SELECT value FROM generate_series(1, 3000000)",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout); // the reader goes away mid-result
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}

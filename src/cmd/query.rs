@@ -98,10 +98,47 @@ pub(crate) fn sql(global: &GlobalArgs, sql: String, format: Format, access: Acce
     super::runtime()?.block_on(async move {
         let engine = local_engine(&cfg).await?;
         let stream = engine.execute(&sql, &who).await?;
-        let stdout = std::io::stdout();
-        tally_queries::write_stream(format, stream, stdout.lock()).await?;
-        Ok(())
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let out = ClosedPipeAware {
+            inner: std::io::stdout().lock(),
+            closed: closed.clone(),
+        };
+        match tally_queries::write_stream(format, stream, out).await {
+            // The reader stopped early (`| head`): not an error.
+            Err(_) if closed.load(std::sync::atomic::Ordering::Relaxed) => Ok(()),
+            other => other.map(drop).map_err(Into::into),
+        }
     })
+}
+
+/// A writer that notes when its reader has gone away (broken pipe).
+struct ClosedPipeAware<W> {
+    inner: W,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W: std::io::Write> ClosedPipeAware<W> {
+    fn note<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for ClosedPipeAware<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
 }
 
 pub(crate) fn why(
