@@ -98,16 +98,17 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
                 .await
                 .context("opening the tables to rebuild policy counters")?;
             rebuild_counters(&state.policy, &engine).await?;
-            if let Some(kafka) = &cfg.kafka {
-                let starts = committed_usage_positions(&cfg, kafka).await?;
-                follower = Some(follow_topic(
-                    kafka.clone(),
-                    starts,
-                    state.clone(),
-                    cfg.instance_name(),
-                    follow_stop.clone(),
-                )?);
-            }
+        }
+        // Followed even without rules: a policy loaded later counts the others too.
+        if let Some(kafka) = &cfg.kafka {
+            let starts = committed_usage_positions(&cfg, kafka).await?;
+            follower = Some(follow_topic(
+                kafka.clone(),
+                starts,
+                state.clone(),
+                cfg.instance_name(),
+                follow_stop.clone(),
+            )?);
         }
 
         let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
