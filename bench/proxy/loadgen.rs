@@ -55,6 +55,14 @@ enum Mode {
         /// Seconds at the same rate before measuring (not recorded).
         #[arg(long, default_value_t = 2.0)]
         warmup: f64,
+        /// Requests in flight at most (connections); later ones wait, and the wait
+        /// counts in their latency.
+        #[arg(long, default_value_t = 1000)]
+        max_connections: usize,
+        /// After the last scheduled send, wait at most this long for answers; requests
+        /// still unanswered then (and any taking longer than this) count as errors.
+        #[arg(long, default_value_t = 10.0)]
+        timeout_secs: f64,
     },
     /// Closed loop with a fixed number of concurrent requests: maximum throughput.
     Closed {
@@ -182,6 +190,23 @@ async fn exchange(client: &H1Client, t: &Template) -> Result<bool> {
     Ok(ok)
 }
 
+/// Counts a request in flight until dropped (also when its timeout cancels it).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicU64, max: &AtomicU64) -> InFlight<'a> {
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        max.fetch_max(n, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Latencies in microseconds plus error and request counts.
 #[derive(Debug, Default)]
 struct Recorder {
@@ -231,10 +256,19 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run_rate(req: &RequestArgs, rate: f64, duration: f64, warmup: f64) -> Result<serde_json::Value> {
-    if rate <= 0.0 || duration <= 0.0 || warmup < 0.0 {
-        bail!("--rate and --duration must be positive");
+fn run_rate(
+    req: &RequestArgs,
+    rate: f64,
+    duration: f64,
+    warmup: f64,
+    max_connections: usize,
+    timeout_secs: f64,
+) -> Result<serde_json::Value> {
+    if rate <= 0.0 || duration <= 0.0 || warmup < 0.0 || max_connections == 0 {
+        bail!("--rate, --duration and --max-connections must be positive");
     }
+    let timeout = Duration::from_secs_f64(timeout_secs);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let t = Arc::new(Template::from_args(req)?);
     let rt = runtime(req.threads)?;
     let client = h1_client();
@@ -254,21 +288,23 @@ fn run_rate(req: &RequestArgs, rate: f64, duration: f64, warmup: f64) -> Result<
         if at > now {
             std::thread::sleep(at - now);
         }
-        let (client, t, rec) = (client.clone(), t.clone(), rec.clone());
+        let (client, t, rec, slots) = (client.clone(), t.clone(), rec.clone(), slots.clone());
         let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
         tasks.push(handle.spawn(async move {
-            let sent = Instant::now();
-            let n = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-            max_in_flight.fetch_max(n, Ordering::Relaxed);
-            let result = tokio::time::timeout(Duration::from_secs(30), exchange(&client, &t)).await;
+            let result = tokio::time::timeout(timeout, async {
+                let _slot = slots.acquire().await;
+                let sent = Instant::now();
+                let _counted = InFlight::enter(&in_flight, &max_in_flight);
+                exchange(&client, &t).await.map(|ok| (ok, sent))
+            })
+            .await;
             let done = Instant::now();
-            in_flight.fetch_sub(1, Ordering::Relaxed);
             if i < warm_n {
                 return;
             }
             let mut r = rec.lock().unwrap_or_else(|e| e.into_inner());
             match result {
-                Ok(Ok(true)) => {
+                Ok(Ok((true, sent))) => {
                     r.latencies_us.push((done - at).as_micros() as u64);
                     r.lags_us.push(sent.saturating_duration_since(at).as_micros() as u64);
                 }
@@ -277,10 +313,14 @@ fn run_rate(req: &RequestArgs, rate: f64, duration: f64, warmup: f64) -> Result<
         }));
     }
     let paced = start.elapsed().as_secs_f64();
+    // Requests still waiting after the timeout are errors (their own timeout fires too).
     rt.block_on(async {
-        for task in tasks {
-            let _ = task.await;
-        }
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout + Duration::from_secs(1), all).await;
     });
     let mut r = std::mem::take(&mut *rec.lock().unwrap_or_else(|e| e.into_inner()));
     let mut out = serde_json::Map::new();
@@ -288,7 +328,10 @@ fn run_rate(req: &RequestArgs, rate: f64, duration: f64, warmup: f64) -> Result<
     out.insert("rate".into(), json!(rate));
     out.insert("requests".into(), json!(total_n - warm_n));
     out.insert("ok".into(), json!(r.latencies_us.len()));
-    out.insert("errors".into(), json!(r.errors));
+    out.insert(
+        "errors".into(),
+        json!((total_n - warm_n).saturating_sub(r.latencies_us.len() as u64)),
+    );
     out.insert(
         "achieved_rate".into(),
         json!((total_n as f64 / paced * 10.0).round() / 10.0),
@@ -458,7 +501,9 @@ fn main() -> Result<()> {
             rate,
             duration,
             warmup,
-        } => run_rate(&req, rate, duration, warmup)?,
+            max_connections,
+            timeout_secs,
+        } => run_rate(&req, rate, duration, warmup, max_connections, timeout_secs)?,
         Mode::Closed {
             req,
             concurrency,

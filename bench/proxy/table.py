@@ -36,10 +36,19 @@ def main(out):
         load = read(os.path.join(out, f"{setup}-load.json")) or {}
         if rate is None and closed is None:
             continue
-        if rate and direct:
+        if rate and direct and rate["rate"] == direct["rate"]:
             p50 = ms(rate["p50_us"] - direct["p50_us"])
             p99 = ms(rate["p99_us"] - direct["p99_us"])
             lat = f"{ms(rate['p50_us'])} / {ms(rate['p99_us'])}"
+            errors = rate["errors"]
+        elif rate and direct:
+            # The setup's maximum is below the fixed rate: measured at half its maximum,
+            # compared with the direct run at the fixed rate.
+            p50 = f"cannot sustain {int(direct['rate']):,} req/s"
+            p99 = "—"
+            lat = (
+                f"at {int(rate['rate']):,} req/s: {ms(rate['p50_us'])} / {ms(rate['p99_us'])}"
+            )
             errors = rate["errors"]
         else:
             p50 = p99 = lat = "—"
@@ -53,22 +62,27 @@ def main(out):
             tput += f", {closed['errors']} errors"
         rss = "—"
         if setup == "tally" and streams:
-            held = streams.get("held", "")
-            rss_kb = held.split()[1] if held.startswith("VmRSS") else "?"
-            hwm_kb = held.split()[3] if held.count(" ") >= 3 else "?"
+            held, idle = streams["held"], streams["idle"]
             rss = (
-                f"{int(rss_kb) / 1024:.0f} MiB (HWM {int(hwm_kb) / 1024:.0f} MiB) "
-                f"with {streams['opened']['open']:,} streams open"
+                f"{held['rss_kb'] / 1024:.0f} MiB ({held['anon_kb'] / 1024:.0f} MiB anonymous) "
+                f"with {streams['opened']['open']:,} streams open; idle "
+                f"{idle['rss_kb'] / 1024:.0f} MiB ({idle['anon_kb'] / 1024:.0f} MiB anonymous)"
             )
         loads = f"{load.get('load_before', '?')} → {load.get('load_after', '?')}"
         rows.append((title, p50, p99, lat, errors, tput, rss, loads))
     print(
         "| setup | added p50 | added p99 | p50 / p99 at "
-        f"{int(direct['rate']) if direct else '?'} req/s | errors | max req/s | RSS | load avg (1/5/15 min) |"
+        f"{int(direct['rate']) if direct else '?':,} req/s | errors | max req/s (closed loop, "
+        f"{(read(os.path.join(out, 'direct-closed.json')) or {}).get('concurrency', '?')} in flight) "
+        "| RSS | load avg before → after |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")
+    mode = os.path.join(out, "litellm-mode.txt")
+    if os.path.exists(mode):
+        print()
+        print("LiteLLM: " + "; ".join(l.strip() for l in open(mode) if l.strip()) + ".")
     if direct:
         print()
         print(
