@@ -183,11 +183,25 @@ fn h1_client() -> H1Client {
 }
 
 /// Send one request and read its response to the end; `Ok(true)` for a 2xx.
-async fn exchange(client: &H1Client, t: &Template) -> Result<bool> {
+/// What one exchange returned: a 2xx or not, and the proxy's own overhead header
+/// (`x-tally-overhead-ms`) in microseconds when the response carries it.
+struct Answer {
+    ok: bool,
+    overhead_us: Option<u64>,
+}
+
+/// Send one request and read its response to the end.
+async fn exchange(client: &H1Client, t: &Template) -> Result<Answer> {
     let resp = client.request(t.request()).await?;
     let ok = resp.status().is_success();
+    let overhead_us = resp
+        .headers()
+        .get("x-tally-overhead-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|ms| (ms * 1000.0).round() as u64);
     resp.into_body().collect().await?;
-    Ok(ok)
+    Ok(Answer { ok, overhead_us })
 }
 
 /// Counts a request in flight until dropped (also when its timeout cancels it).
@@ -212,6 +226,7 @@ impl Drop for InFlight<'_> {
 struct Recorder {
     latencies_us: Vec<u64>,
     lags_us: Vec<u64>,
+    overheads_us: Vec<u64>,
     errors: u64,
 }
 
@@ -295,7 +310,7 @@ fn run_rate(
                 let _slot = slots.acquire().await;
                 let sent = Instant::now();
                 let _counted = InFlight::enter(&in_flight, &max_in_flight);
-                exchange(&client, &t).await.map(|ok| (ok, sent))
+                exchange(&client, &t).await.map(|a| (a, sent))
             })
             .await;
             let done = Instant::now();
@@ -304,9 +319,11 @@ fn run_rate(
             }
             let mut r = rec.lock().unwrap_or_else(|e| e.into_inner());
             match result {
-                Ok(Ok((true, sent))) => {
+                Ok(Ok((a, sent))) if a.ok => {
                     r.latencies_us.push((done - at).as_micros() as u64);
-                    r.lags_us.push(sent.saturating_duration_since(at).as_micros() as u64);
+                    r.overheads_us.extend(a.overhead_us);
+                    r.lags_us
+                        .push(sent.saturating_duration_since(at).as_micros() as u64);
                 }
                 _ => r.errors += 1,
             }
@@ -342,6 +359,9 @@ fn run_rate(
     );
     out.extend(summary("", &mut r.latencies_us));
     out.extend(summary("send_lag_", &mut r.lags_us));
+    if !r.overheads_us.is_empty() {
+        out.extend(summary("proxy_overhead_", &mut r.overheads_us));
+    }
     Ok(serde_json::Value::Object(out))
 }
 
@@ -377,7 +397,7 @@ fn run_closed(
                         continue;
                     }
                     match result {
-                        Ok(Ok(true)) => r.latencies_us.push((done - begin).as_micros() as u64),
+                        Ok(Ok(a)) if a.ok => r.latencies_us.push((done - begin).as_micros() as u64),
                         _ => r.errors += 1,
                     }
                 }

@@ -90,6 +90,9 @@ if [ -z "${SKIP_BUILD:-}" ]; then
 fi
 TALLY="$TARGET/release/tally"
 LOADGEN="$TARGET/release/tally-loadgen"
+for bin in "$TALLY" "$LOADGEN"; do
+  [ -x "$bin" ] || { log "$bin not found (build it, or set CARGO_TARGET_DIR)"; exit 1; }
+done
 
 # Every process gets the whole (hard) open-file limit: 10,000 streams need 10,000
 # upstream sockets in tally and as many in the simulator.

@@ -79,6 +79,15 @@ def main(out):
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")
+    tally_rate = read(os.path.join(out, "tally-rate.json"))
+    if tally_rate and "proxy_overhead_p50_us" in tally_rate:
+        print()
+        print(
+            "tally's own `x-tally-overhead-ms` (time inside tally, upstream excluded) in the "
+            f"open-loop run: p50 {ms(tally_rate['proxy_overhead_p50_us'])}, "
+            f"p99 {ms(tally_rate['proxy_overhead_p99_us'])}, "
+            f"p99.9 {ms(tally_rate['proxy_overhead_p999_us'])}."
+        )
     mode = os.path.join(out, "litellm-mode.txt")
     if os.path.exists(mode):
         print()
