@@ -154,7 +154,7 @@ proxy:
   keys:
     - { id: bench, tenant: bench, hash: "$("$TALLY" keys hash "$GATEWAY_KEY")" }
 EOF
-  TALLY_BENCH_PROVIDER_KEY=$PROVIDER_KEY "$TALLY" --config "$dir/tally.yaml" up >"$dir/tally.log" 2>&1 &
+  TALLY_BENCH_PROVIDER_KEY=$PROVIDER_KEY "$TALLY" --config "$dir/tally.yaml" up --drain-seconds 2 >"$dir/tally.log" 2>&1 &
   TALLY_PID=$!
   PIDS+=($TALLY_PID)
   wait_port "$port"
@@ -277,10 +277,12 @@ for setup in $SETUPS; do
     litellm)
       if start_litellm; then
         measure litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" -H "authorization: Bearer sk-litellm-bench"
-        sleep 5 # let the spend-log writer flush, then count what it recorded
-        runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d litellm -tAc \
-          'select count(*), coalesce(sum(spend),0) from "LiteLLM_SpendLogs"' >"$OUT/litellm-spendlogs.txt" 2>&1 || true
-        log "litellm spend logs (rows, spend): $(cat "$OUT/litellm-spendlogs.txt")"
+        if grep -q PostgreSQL "$OUT/litellm-mode.txt"; then
+          sleep 5 # let the spend-log writer flush, then count what it recorded
+          runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d litellm -tAc \
+            'select count(*), coalesce(sum(spend),0) from "LiteLLM_SpendLogs"' >"$OUT/litellm-spendlogs.txt" 2>&1 || true
+          log "litellm spend logs (rows, spend): $(cat "$OUT/litellm-spendlogs.txt")"
+        fi
         stop_pid "$LITELLM_PID"
       else
         log "litellm did not start; see above"
