@@ -10,15 +10,18 @@
 #   direct   client → simulator
 #   nginx    client → nginx (Debian package, plain reverse proxy, upstream keep-alive) → simulator
 #   tally    client → `tally up` (event log, ledger and query engine running) → simulator
-#   litellm  client → LiteLLM proxy (spend tracking into PostgreSQL) → simulator
-# Per setup: an open-loop run at RATE req/s (latency from each request's scheduled send
-# time), then a closed-loop run at CONCURRENCY (maximum throughput). Then tally's memory
+#   litellm  client → LiteLLM proxy (spend tracking into PostgreSQL when LiteLLM can
+#            start with its database, else without one: see start_litellm) → simulator
+# Per setup: a closed-loop run at CONCURRENCY (maximum throughput), then an open-loop run
+# at RATE req/s (latency from each request's scheduled send time). Then tally's memory
 # with STREAMS streaming responses held open. Results: a Markdown table on stdout and in
-# $OUT/table.md, raw JSON beside it.
+# $OUT/table.md, raw JSON beside it. Wrap it in `flock FILE` to keep other benchmarks on
+# the machine from overlapping it.
 #
 # Knobs (environment): RATE (2000), DURATION (15 s measured per rate run), WARMUP (3 s),
 # CONCURRENCY (64), TPUT_DURATION (10 s), STREAMS (10000), STREAM_HOLD (20 s), SETUPS,
-# BASE_PORT (19100), OUT (a new directory under the target dir), SKIP_SETUP=1, SKIP_BUILD=1.
+# LITELLM_WORKERS (1), BASE_PORT (19100), OUT (a new directory under the target dir),
+# SKIP_SETUP=1, SKIP_BUILD=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
