@@ -109,16 +109,30 @@ printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write 
 # --- the provider simulator (zero latency) ------------------------------------------
 echo '{}' >"$WORK/empty.yaml"
 TALLY_LOG_FILTER=warn "$TALLY" --config "$WORK/empty.yaml" simulate --listen "127.0.0.1:$SIM_PORT" >"$WORK/sim.log" 2>&1 &
-PIDS+=($!)
+SIM_PID=$!
+PIDS+=($SIM_PID)
 wait_port "$SIM_PORT"
 
-# measure NAME URL [loadgen request args...]: a closed-loop run (maximum throughput),
-# then an open-loop run at RATE. A setup whose maximum is below RATE cannot be measured
-# at RATE (its queue grows for as long as the run lasts); it is measured at half its
-# maximum instead, and the table says so.
+# settle PID: wait (at most 120 s) until the process has used under 5% of a CPU for a
+# second, i.e. until work queued by the previous run is done (tally's ledger
+# materializing the closed loop's events), so the latency run starts from a steady state.
+settle() {
+  local pid=$1 deadline=$((SECONDS + 120)) before after
+  while [ $SECONDS -lt $deadline ]; do
+    before=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || return 0
+    sleep 1
+    after=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || return 0
+    [ $((after - before)) -lt $(($(getconf CLK_TCK) / 20)) ] && return 0
+  done
+}
+
+# measure NAME URL PID [loadgen request args...]: a closed-loop run (maximum throughput),
+# then, once PID (the setup's process) is idle again, an open-loop run at RATE. A setup
+# whose maximum is below RATE cannot be measured at RATE (its queue grows for as long as
+# the run lasts); it is measured at half its maximum instead, and the table says so.
 measure() {
-  local name=$1 url=$2
-  shift 2
+  local name=$1 url=$2 pid=$3
+  shift 3
   local before rate
   before=$(load)
   log "$name: closed loop, concurrency $CONCURRENCY for 2+${TPUT_DURATION} s (load $before)"
@@ -127,7 +141,10 @@ measure() {
   log "$name: $(cat "$OUT/$name-closed.json")"
   rate=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["req_per_s"]; r=float(sys.argv[2]); print(r if m >= r else max(1, int(m / 2)))' \
     "$OUT/$name-closed.json" "$RATE")
+  local settle_start=$SECONDS
   sleep 2
+  settle "$pid"
+  log "$name: idle again after $((SECONDS - settle_start)) s"
   log "$name: open loop at $rate req/s for ${WARMUP}+${DURATION} s (load $(load))"
   "$LOADGEN" rate --url "$url" --body "@$BODY" "$@" --rate "$rate" --duration "$DURATION" \
     --warmup "$WARMUP" >"$OUT/$name-rate.json"
@@ -261,25 +278,25 @@ start_litellm() {
 
 # --- the runs ------------------------------------------------------------------------
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $(load)"
-measure direct "http://127.0.0.1:$SIM_PORT/v1/chat/completions" -H "authorization: Bearer $PROVIDER_KEY"
+measure direct "http://127.0.0.1:$SIM_PORT/v1/chat/completions" "$SIM_PID" -H "authorization: Bearer $PROVIDER_KEY"
 
 for setup in $SETUPS; do
   case $setup in
     direct) ;;
     nginx)
       start_nginx
-      measure nginx "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" -H "authorization: Bearer $PROVIDER_KEY"
+      measure nginx "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$NGINX_PID" -H "authorization: Bearer $PROVIDER_KEY"
       stop_pid "$NGINX_PID"
       ;;
     tally)
       start_tally "$TALLY_PORT" "$TALLY_ADMIN_PORT" "$SIM_PORT" "$WORK/tally"
-      measure tally "http://127.0.0.1:$TALLY_PORT/v1/chat/completions" -H "authorization: Bearer $GATEWAY_KEY"
+      measure tally "http://127.0.0.1:$TALLY_PORT/v1/chat/completions" "$TALLY_PID" -H "authorization: Bearer $GATEWAY_KEY"
       rss_of "$TALLY_PID" >"$OUT/tally-rss-after-load.json"
       stop_pid "$TALLY_PID"
       ;;
     litellm)
       if start_litellm; then
-        measure litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" -H "authorization: Bearer sk-litellm-bench"
+        measure litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "$LITELLM_PID" -H "authorization: Bearer sk-litellm-bench"
         if grep -q PostgreSQL "$OUT/litellm-mode.txt"; then
           sleep 5 # let the spend-log writer flush, then count what it recorded
           runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d litellm -tAc \
