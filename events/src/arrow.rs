@@ -803,8 +803,7 @@ impl RowsBuilder {
             w.schema_version
                 .map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX)),
         );
-        h.event_type
-            .append_value(self.table.event_type().as_str());
+        h.event_type.append_value(self.table.event_type().as_str());
         h.occurred_at.append_value(w.occurred_at().as_micros());
         req_str(&mut h.gateway_instance, w.gateway_instance.as_ref());
         req_str(&mut h.request_id, w.request_id.as_ref());
@@ -849,7 +848,8 @@ impl RowsBuilder {
                 }
                 b.usage_source
                     .append_value(w.usage_source.map_or("other", |s| s.as_str()));
-                b.cost_micros.append_value(w.cost_micros.unwrap_or_default());
+                b.cost_micros
+                    .append_value(w.cost_micros.unwrap_or_default());
                 opt_str(&mut b.price_version, w.price_version.as_ref());
                 b.latency_ms
                     .append_value(u64_to_i64(w.latency_ms.unwrap_or_default()));
@@ -1145,9 +1145,15 @@ mod tests {
         // A field of another event type with a value of a foreign type is ignored (the
         // full model decides).
         let p = br#"{"event_type":"decision","event_id":"01a22ad4-afb6-71d2-b7a9-0d39505a88e8","schema_version":1,"occurred_at":"2026-11-01T00:00:00Z","gateway_instance":"g","request_id":"r","tenant":"t","outcome":"allow","rule":"x","rule_kind":"auth","reason":"r","streamed":"yes"}"#;
-        assert!(matches!(decode_wire(p), Ok(crate::codec::Decoded::Model(_))));
+        assert!(matches!(
+            decode_wire(p),
+            Ok(crate::codec::Decoded::Model(_))
+        ));
         let missing = br#"{"event_type":"usage","event_id":"01a22ad4-afb6-71d2-b7a9-0d39505a88e8","schema_version":1,"occurred_at":"2026-11-01T00:00:00Z","gateway_instance":"g","request_id":"r","tenant":"t"}"#;
-        assert_eq!(decode(missing).err().map(|e| e.code()), Some("event.decode"));
+        assert_eq!(
+            decode(missing).err().map(|e| e.code()),
+            Some("event.decode")
+        );
         let unknown = br#"{"event_type":"telemetry","streamed":"yes"}"#;
         assert_eq!(
             decode(unknown).err().map(|e| e.code()),

@@ -52,7 +52,6 @@ pub fn encode_into(event: &Event, buf: &mut Vec<u8>) {
     let _ = serde_json::to_writer(buf, event);
 }
 
-
 /// A string field of a [`WireEvent`]: borrowed from the payload unless it had escapes.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
@@ -212,7 +211,9 @@ fn owned(s: &Option<Str<'_>>) -> Option<String> {
 }
 
 fn req(s: &Option<Str<'_>>) -> String {
-    s.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default()
+    s.as_ref()
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 impl<'a> WireEvent<'a> {
@@ -269,7 +270,8 @@ impl<'a> WireEvent<'a> {
 
     /// The event id.
     pub fn event_id(&self) -> EventId {
-        self.event_id.unwrap_or_else(|| EventId::from(uuid::Uuid::nil()))
+        self.event_id
+            .unwrap_or_else(|| EventId::from(uuid::Uuid::nil()))
     }
 
     /// When the event happened.
@@ -321,9 +323,7 @@ impl<'a> WireEvent<'a> {
             request_id: Some(s(&h.request_id)),
             tenant: Some(s(&h.tenant)),
             api_key_id: o(&h.api_key_id),
-            labels: Some(Labels(
-                h.labels.iter().map(|(k, v)| (s(k), s(v))).collect(),
-            )),
+            labels: Some(Labels(h.labels.iter().map(|(k, v)| (s(k), s(v))).collect())),
             provider: h.provider,
             route: h.route,
             model_requested: o(&h.model_requested),

@@ -274,8 +274,8 @@ fn main() {
             let (w, rows) = writer.get_or_insert_with(|| {
                 files += 1;
                 let f = File::create(bare_dir.join(format!("{files:06}.parquet"))).unwrap();
-                let w = ArrowWriter::try_new(f, b.schema(), Some(parquet_writer_properties()))
-                    .unwrap();
+                let w =
+                    ArrowWriter::try_new(f, b.schema(), Some(parquet_writer_properties())).unwrap();
                 (w, 0)
             });
             w.write(b).unwrap();

@@ -120,21 +120,20 @@ impl FileSet {
         let table = self.table;
         let chunk = match <[RecordBatch; 1]>::try_from(chunk) {
             Ok([one]) => one,
-            Err(many) => concat_batches(&table.event_schema(), &many)
-                .map_err(|e| convert(table, e))?,
+            Err(many) => {
+                concat_batches(&table.event_schema(), &many).map_err(|e| convert(table, e))?
+            }
         };
         let batch = sorted_with_day(table, chunk)?;
-        let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())
-            .unwrap_or(batch);
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()).unwrap_or(batch);
         let at = batch
             .column_by_name("occurred_at")
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
             .ok_or_else(|| convert(table, "occurred_at is not a microsecond timestamp"))?
             .values()
             .clone();
-        let day_of = |i: usize| {
-            i32::try_from(at[i].div_euclid(MICROS_PER_DAY)).unwrap_or(i32::MAX)
-        };
+        let day_of = |i: usize| i32::try_from(at[i].div_euclid(MICROS_PER_DAY)).unwrap_or(i32::MAX);
         let mut start = 0;
         while start < at.len() {
             let day = day_of(start);
@@ -142,7 +141,11 @@ impl FileSet {
             while end < at.len() && day_of(end) == day {
                 end += 1;
             }
-            if self.open.get(&day).is_some_and(|&newest| at[start] < newest) {
+            if self
+                .open
+                .get(&day)
+                .is_some_and(|&newest| at[start] < newest)
+            {
                 self.roll().await?;
             }
             let slice = batch.slice(start, end - start);

@@ -649,8 +649,7 @@ impl Ledger {
     /// file writers encode what was decoded before.
     async fn fill(&mut self, limit: Option<Position>) -> Result<u64, LedgerError> {
         self.confirm().await?;
-        let mut inflight: VecDeque<JoinHandle<Result<DecodedRead, LedgerError>>> =
-            VecDeque::new();
+        let mut inflight: VecDeque<JoinHandle<Result<DecodedRead, LedgerError>>> = VecDeque::new();
         let mut taken = 0u64;
         let result = self.fill_reads(limit, &mut inflight, &mut taken).await;
         // Whatever happened, the reads taken so far are decoded and added (or dropped
@@ -734,9 +733,8 @@ impl Ledger {
             self.batch.bytes += bytes;
             self.batch.started.get_or_insert_with(Instant::now);
             *taken += n as u64;
-            let covered: [Position; 3] = std::array::from_fn(|i| {
-                self.tables.get(i).map_or(Position::START, |s| s.covered)
-            });
+            let covered: [Position; 3] =
+                std::array::from_fn(|i| self.tables.get(i).map_or(Position::START, |s| s.covered));
             inflight.push_back(tokio::task::spawn_blocking(move || {
                 decode_read(&records, covered, fresh_from)
             }));
@@ -938,9 +936,11 @@ impl Ledger {
                         adds,
                         files_per_day,
                         rows,
-                    }) => tables::commit_files(s.delta.clone(), table, adds, rows, &self.app_id, end)
-                        .await
-                        .map(|delta| (delta, files_per_day)),
+                    }) => {
+                        tables::commit_files(s.delta.clone(), table, adds, rows, &self.app_id, end)
+                            .await
+                            .map(|delta| (delta, files_per_day))
+                    }
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
