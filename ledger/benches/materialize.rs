@@ -4,8 +4,8 @@
 //! converting the same events from JSON Lines to Parquet (the peer), in one run.
 //!
 //! ```sh
-//! cargo bench -p tally-ledger --bench materialize            # 10 million events
-//! TALLY_BENCH_EVENTS=1000000 cargo bench -p tally-ledger --bench materialize
+//! cargo bench --workspace --bench materialize            # 10 million events
+//! TALLY_BENCH_EVENTS=1000000 cargo bench --workspace --bench materialize
 //! ```
 //!
 //! Needs about 1 KiB of disk per event (log, JSON Lines, Parquet) under

@@ -215,6 +215,12 @@ enum TableFiles {
     Evolving(Vec<RecordBatch>),
 }
 
+/// A read being decoded.
+type DecodeTask = JoinHandle<Result<DecodedRead, LedgerError>>;
+
+/// Per table: the rows being built, their dedupe keys, and the first fresh row.
+type TableRows = Option<(RowsBuilder, Vec<DedupeKey>, Option<usize>)>;
+
 /// One read of records, decoded (in a blocking task).
 #[derive(Default)]
 struct DecodedRead {
@@ -238,7 +244,7 @@ fn decode_read(
     fresh_from: Position,
 ) -> Result<DecodedRead, LedgerError> {
     let mut out = DecodedRead::default();
-    let mut rows: [Option<(RowsBuilder, Vec<DedupeKey>, Option<usize>)>; 3] = Default::default();
+    let mut rows: [TableRows; 3] = Default::default();
     for r in records {
         let fresh = r.position >= fresh_from;
         if fresh {
@@ -649,7 +655,7 @@ impl Ledger {
     /// file writers encode what was decoded before.
     async fn fill(&mut self, limit: Option<Position>) -> Result<u64, LedgerError> {
         self.confirm().await?;
-        let mut inflight: VecDeque<JoinHandle<Result<DecodedRead, LedgerError>>> = VecDeque::new();
+        let mut inflight: VecDeque<DecodeTask> = VecDeque::new();
         let mut taken = 0u64;
         let result = self.fill_reads(limit, &mut inflight, &mut taken).await;
         // Whatever happened, the reads taken so far are decoded and added (or dropped
@@ -676,7 +682,7 @@ impl Ledger {
     async fn fill_reads(
         &mut self,
         limit: Option<Position>,
-        inflight: &mut VecDeque<JoinHandle<Result<DecodedRead, LedgerError>>>,
+        inflight: &mut VecDeque<DecodeTask>,
         taken: &mut u64,
     ) -> Result<(), LedgerError> {
         while !self.batch_full() && !self.batch_old() {
@@ -749,10 +755,7 @@ impl Ledger {
 
     /// Add a decoded read to the batch: drop duplicates, count, and hand full chunks of
     /// rows to the files.
-    async fn absorb(
-        &mut self,
-        task: JoinHandle<Result<DecodedRead, LedgerError>>,
-    ) -> Result<(), LedgerError> {
+    async fn absorb(&mut self, task: DecodeTask) -> Result<(), LedgerError> {
         let read = match task.await {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => return Err(self.failed(e)),
