@@ -6,14 +6,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{MapBuilder, MapFieldNames, StringBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
 use arrow_array::{
     ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
-use crate::model::{CorrectionEvent, DecisionEvent, EventHeader, UsageEvent};
+use crate::codec::{Str, WireEvent};
+use crate::model::{CorrectionEvent, DecisionEvent, EventHeader, EventId, UsageEvent};
 
 /// Field metadata key holding a column's description.
 pub const DESCRIPTION_KEY: &str = "description";
@@ -624,4 +628,536 @@ pub fn with_day_column(table: Table, batch: &RecordBatch) -> Result<RecordBatch,
     let mut cols = batch.columns().to_vec();
     cols.push(Arc::new(days));
     RecordBatch::try_new(table.table_schema(), cols)
+}
+
+/// Builds a table's event batch ([`Table::event_schema`]) row by row straight from
+/// [`WireEvent`]s, without owned events in between: the ledger's conversion. Rows come
+/// out in the order appended (and equal those of [`usage_to_batch`] and its siblings for
+/// the same events).
+#[derive(Debug)]
+pub struct RowsBuilder {
+    table: Table,
+    header: HeaderCols,
+    body: Body,
+    rows: usize,
+}
+
+#[derive(Debug)]
+struct HeaderCols {
+    event_id: StringBuilder,
+    schema_version: Int32Builder,
+    event_type: StringBuilder,
+    occurred_at: TimestampMicrosecondBuilder,
+    gateway_instance: StringBuilder,
+    request_id: StringBuilder,
+    tenant: StringBuilder,
+    api_key_id: StringBuilder,
+    labels: MapBuilder<StringBuilder, StringBuilder>,
+    provider: StringBuilder,
+    route: StringBuilder,
+    model_requested: StringBuilder,
+    model_served: StringBuilder,
+    upstream_request_id: StringBuilder,
+}
+
+#[derive(Debug)]
+enum Body {
+    Usage(Box<UsageCols>),
+    Decision(Box<DecisionCols>),
+    Correction(Box<CorrectionCols>),
+}
+
+#[derive(Debug, Default)]
+struct UsageCols {
+    upstream: StringBuilder,
+    status_code: Int32Builder,
+    streamed: BooleanBuilder,
+    finish_state: StringBuilder,
+    tokens: [Int64Builder; 7],
+    usage_source: StringBuilder,
+    cost_micros: Int64Builder,
+    price_version: StringBuilder,
+    latency_ms: Int64Builder,
+    ttft_ms: Int64Builder,
+    retry_attempt: Int32Builder,
+    retry_of: StringBuilder,
+}
+
+#[derive(Debug, Default)]
+struct DecisionCols {
+    outcome: StringBuilder,
+    rule: StringBuilder,
+    rule_kind: StringBuilder,
+    counter_key: StringBuilder,
+    counter_value: Int64Builder,
+    counter_limit: Int64Builder,
+    counter_unit: StringBuilder,
+    window_start: TimestampMicrosecondBuilder,
+    window_end: TimestampMicrosecondBuilder,
+    reset_at: TimestampMicrosecondBuilder,
+    reserved_tokens: Int64Builder,
+    reserved_cost_micros: Int64Builder,
+    reason: StringBuilder,
+}
+
+#[derive(Debug, Default)]
+struct CorrectionCols {
+    corrects_event_id: StringBuilder,
+    reason: StringBuilder,
+    tokens: [Int64Builder; 5],
+    cost_micros: Int64Builder,
+    price_version: StringBuilder,
+    usage_source: StringBuilder,
+}
+
+fn labels_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    MapBuilder::new(
+        Some(map_names()),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    )
+    .with_keys_field(Field::new("key", DataType::Utf8, false))
+    .with_values_field(Field::new("value", DataType::Utf8, true))
+}
+
+fn opt_str(b: &mut StringBuilder, v: Option<&Str<'_>>) {
+    match v {
+        Some(s) => b.append_value(s.as_str()),
+        None => b.append_null(),
+    }
+}
+
+fn req_str(b: &mut StringBuilder, v: Option<&Str<'_>>) {
+    b.append_value(v.map_or("", Str::as_str));
+}
+
+fn uuid_str(b: &mut StringBuilder, id: EventId) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    b.append_value(id.as_uuid().hyphenated().encode_lower(&mut buf));
+}
+
+fn finish_str(b: &mut StringBuilder) -> ArrayRef {
+    Arc::new(b.finish())
+}
+
+fn finish_i64(b: &mut Int64Builder) -> ArrayRef {
+    Arc::new(b.finish())
+}
+
+fn finish_ts(b: &mut TimestampMicrosecondBuilder) -> ArrayRef {
+    Arc::new(b.finish().with_timezone("UTC"))
+}
+
+impl RowsBuilder {
+    /// An empty builder of `table`'s rows.
+    pub fn new(table: Table) -> Self {
+        let body = match table {
+            Table::Usage => Body::Usage(Box::default()),
+            Table::Decisions => Body::Decision(Box::default()),
+            Table::Corrections => Body::Correction(Box::default()),
+        };
+        Self {
+            table,
+            header: HeaderCols {
+                event_id: StringBuilder::new(),
+                schema_version: Int32Builder::new(),
+                event_type: StringBuilder::new(),
+                occurred_at: TimestampMicrosecondBuilder::new(),
+                gateway_instance: StringBuilder::new(),
+                request_id: StringBuilder::new(),
+                tenant: StringBuilder::new(),
+                api_key_id: StringBuilder::new(),
+                labels: labels_builder(),
+                provider: StringBuilder::new(),
+                route: StringBuilder::new(),
+                model_requested: StringBuilder::new(),
+                model_served: StringBuilder::new(),
+                upstream_request_id: StringBuilder::new(),
+            },
+            body,
+            rows: 0,
+        }
+    }
+
+    /// The table whose rows this builds.
+    pub fn table(&self) -> Table {
+        self.table
+    }
+
+    /// Rows appended since the last [`RowsBuilder::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no rows were appended since the last [`RowsBuilder::finish`].
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Append one event's row. The event must be of the table's type (the caller routes
+    /// by [`WireEvent::event_type`]); fields of other types are ignored.
+    pub fn append(&mut self, w: &WireEvent<'_>) -> Result<(), ArrowError> {
+        let h = &mut self.header;
+        uuid_str(&mut h.event_id, w.event_id());
+        h.schema_version.append_value(
+            w.schema_version
+                .map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX)),
+        );
+        h.event_type.append_value(self.table.event_type().as_str());
+        h.occurred_at.append_value(w.occurred_at().as_micros());
+        req_str(&mut h.gateway_instance, w.gateway_instance.as_ref());
+        req_str(&mut h.request_id, w.request_id.as_ref());
+        req_str(&mut h.tenant, w.tenant.as_ref());
+        opt_str(&mut h.api_key_id, w.api_key_id.as_ref());
+        if let Some(labels) = &w.labels {
+            for (k, v) in &labels.0 {
+                h.labels.keys().append_value(k.as_str());
+                h.labels.values().append_value(v.as_str());
+            }
+        }
+        h.labels.append(true)?;
+        match w.provider {
+            Some(p) => h.provider.append_value(p.as_str()),
+            None => h.provider.append_null(),
+        }
+        match w.route {
+            Some(r) => h.route.append_value(r.as_str()),
+            None => h.route.append_null(),
+        }
+        opt_str(&mut h.model_requested, w.model_requested.as_ref());
+        opt_str(&mut h.model_served, w.model_served.as_ref());
+        opt_str(&mut h.upstream_request_id, w.upstream_request_id.as_ref());
+        let u = |v: Option<u64>| v.map(u64_to_i64);
+        match &mut self.body {
+            Body::Usage(b) => {
+                opt_str(&mut b.upstream, w.upstream.as_ref());
+                b.status_code.append_option(w.status_code.map(i32::from));
+                b.streamed.append_value(w.streamed.unwrap_or_default());
+                b.finish_state
+                    .append_value(w.finish_state.map_or("other", |f| f.as_str()));
+                for (col, v) in b.tokens.iter_mut().zip([
+                    w.input_tokens,
+                    w.cached_input_tokens,
+                    w.cache_write_tokens,
+                    w.output_tokens,
+                    w.reasoning_tokens,
+                    w.audio_input_tokens,
+                    w.audio_output_tokens,
+                ]) {
+                    col.append_value(u64_to_i64(v.unwrap_or_default()));
+                }
+                b.usage_source
+                    .append_value(w.usage_source.map_or("other", |s| s.as_str()));
+                b.cost_micros
+                    .append_value(w.cost_micros.unwrap_or_default());
+                opt_str(&mut b.price_version, w.price_version.as_ref());
+                b.latency_ms
+                    .append_value(u64_to_i64(w.latency_ms.unwrap_or_default()));
+                b.ttft_ms.append_option(u(w.ttft_ms));
+                b.retry_attempt.append_value(
+                    i32::try_from(w.retry_attempt.unwrap_or_default()).unwrap_or(i32::MAX),
+                );
+                opt_str(&mut b.retry_of, w.retry_of.as_ref());
+            }
+            Body::Decision(b) => {
+                b.outcome
+                    .append_value(w.outcome.map_or("other", |o| o.as_str()));
+                req_str(&mut b.rule, w.rule.as_ref());
+                b.rule_kind
+                    .append_value(w.rule_kind.map_or("other", |k| k.as_str()));
+                opt_str(&mut b.counter_key, w.counter_key.as_ref());
+                b.counter_value.append_option(w.counter_value);
+                b.counter_limit.append_option(w.counter_limit);
+                match w.counter_unit {
+                    Some(c) => b.counter_unit.append_value(c.as_str()),
+                    None => b.counter_unit.append_null(),
+                }
+                b.window_start
+                    .append_option(w.window_start.map(|t| t.as_micros()));
+                b.window_end
+                    .append_option(w.window_end.map(|t| t.as_micros()));
+                b.reset_at.append_option(w.reset_at.map(|t| t.as_micros()));
+                b.reserved_tokens.append_option(u(w.reserved_tokens));
+                b.reserved_cost_micros.append_option(w.reserved_cost_micros);
+                req_str(&mut b.reason, w.reason.as_ref());
+            }
+            Body::Correction(b) => {
+                uuid_str(
+                    &mut b.corrects_event_id,
+                    w.corrects_event_id
+                        .unwrap_or_else(|| EventId::from(uuid::Uuid::nil())),
+                );
+                req_str(&mut b.reason, w.reason.as_ref());
+                for (col, v) in b.tokens.iter_mut().zip([
+                    w.input_tokens,
+                    w.cached_input_tokens,
+                    w.cache_write_tokens,
+                    w.output_tokens,
+                    w.reasoning_tokens,
+                ]) {
+                    col.append_option(u(v));
+                }
+                b.cost_micros.append_option(w.cost_micros);
+                opt_str(&mut b.price_version, w.price_version.as_ref());
+                match w.usage_source {
+                    Some(s) => b.usage_source.append_value(s.as_str()),
+                    None => b.usage_source.append_null(),
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The rows appended so far as a batch with [`Table::event_schema`]; the builder is
+    /// empty afterwards.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        let h = &mut self.header;
+        let mut cols: Vec<ArrayRef> = vec![
+            finish_str(&mut h.event_id),
+            Arc::new(h.schema_version.finish()),
+            finish_str(&mut h.event_type),
+            finish_ts(&mut h.occurred_at),
+            finish_str(&mut h.gateway_instance),
+            finish_str(&mut h.request_id),
+            finish_str(&mut h.tenant),
+            finish_str(&mut h.api_key_id),
+            Arc::new(h.labels.finish()),
+            finish_str(&mut h.provider),
+            finish_str(&mut h.route),
+            finish_str(&mut h.model_requested),
+            finish_str(&mut h.model_served),
+            finish_str(&mut h.upstream_request_id),
+        ];
+        match &mut self.body {
+            Body::Usage(b) => {
+                cols.extend([
+                    finish_str(&mut b.upstream),
+                    Arc::new(b.status_code.finish()) as ArrayRef,
+                    Arc::new(b.streamed.finish()),
+                    finish_str(&mut b.finish_state),
+                ]);
+                cols.extend(b.tokens.iter_mut().map(finish_i64));
+                cols.extend([
+                    finish_str(&mut b.usage_source),
+                    finish_i64(&mut b.cost_micros),
+                    finish_str(&mut b.price_version),
+                    finish_i64(&mut b.latency_ms),
+                    finish_i64(&mut b.ttft_ms),
+                    Arc::new(b.retry_attempt.finish()),
+                    finish_str(&mut b.retry_of),
+                ]);
+            }
+            Body::Decision(b) => cols.extend([
+                finish_str(&mut b.outcome),
+                finish_str(&mut b.rule),
+                finish_str(&mut b.rule_kind),
+                finish_str(&mut b.counter_key),
+                finish_i64(&mut b.counter_value),
+                finish_i64(&mut b.counter_limit),
+                finish_str(&mut b.counter_unit),
+                finish_ts(&mut b.window_start),
+                finish_ts(&mut b.window_end),
+                finish_ts(&mut b.reset_at),
+                finish_i64(&mut b.reserved_tokens),
+                finish_i64(&mut b.reserved_cost_micros),
+                finish_str(&mut b.reason),
+            ]),
+            Body::Correction(b) => {
+                cols.extend([
+                    finish_str(&mut b.corrects_event_id),
+                    finish_str(&mut b.reason),
+                ]);
+                cols.extend(b.tokens.iter_mut().map(finish_i64));
+                cols.extend([
+                    finish_i64(&mut b.cost_micros),
+                    finish_str(&mut b.price_version),
+                    finish_str(&mut b.usage_source),
+                ]);
+            }
+        }
+        RecordBatch::try_new(self.table.event_schema(), cols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, decode_wire, encode};
+    use crate::model::{Event, EventHeader, FinishState, Outcome, RuleKind, TokenCounts};
+    use crate::{CorrectionEvent, CounterUnit, DecisionEvent, Provider, Timestamp, UsageSource};
+
+    fn header(i: i64) -> EventHeader {
+        let mut h = EventHeader::new("gw-1", &format!("req-{i}"), "acme");
+        h.occurred_at = Timestamp::from_micros(1_764_064_800_123_456 + i);
+        if i % 2 == 0 {
+            h.api_key_id = Some("key-a".into());
+            h.labels = [("team", "search"), ("app", "bo\"t")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            h.provider = Some(Provider::Anthropic);
+            h.model_served = Some("claude".into());
+        }
+        h
+    }
+
+    fn events() -> Vec<Event> {
+        let mut out = Vec::new();
+        for i in 0..6 {
+            out.push(Event::Usage(UsageEvent {
+                header: header(i),
+                upstream: (i % 3 == 0).then(|| "main".into()),
+                status_code: Some(200),
+                streamed: i % 2 == 1,
+                finish_state: FinishState::Completed,
+                tokens: TokenCounts {
+                    input_tokens: 10 + i as u64,
+                    output_tokens: 5,
+                    audio_output_tokens: 1,
+                    ..TokenCounts::default()
+                },
+                usage_source: UsageSource::Mixed,
+                cost_micros: 77 * i,
+                price_version: None,
+                latency_ms: 12,
+                ttft_ms: (i % 2 == 0).then_some(3),
+                retry_attempt: 1,
+                retry_of: Some("req-x".into()),
+            }));
+            let mut d = DecisionEvent::new(
+                header(i),
+                Outcome::ShadowDeny,
+                "rule-1",
+                RuleKind::UsageCap,
+                "a reason".into(),
+            );
+            if i % 2 == 0 {
+                d.counter_unit = Some(CounterUnit::Tokens);
+                d.counter_value = Some(5);
+                d.window_end = Some(Timestamp::from_micros(99));
+                d.reserved_tokens = Some(7);
+            }
+            out.push(Event::Decision(d));
+            out.push(Event::Correction(CorrectionEvent {
+                header: header(i),
+                corrects_event_id: EventId::new(),
+                reason: "fix".into(),
+                input_tokens: (i % 2 == 0).then_some(4),
+                cached_input_tokens: None,
+                cache_write_tokens: None,
+                output_tokens: Some(2),
+                reasoning_tokens: None,
+                cost_micros: Some(-3),
+                price_version: Some("p".into()),
+                usage_source: (i % 2 == 1).then_some(UsageSource::Estimated),
+            }));
+        }
+        out
+    }
+
+    #[test]
+    fn rows_builder_matches_the_batch_of_decoded_events() {
+        let payloads: Vec<Vec<u8>> = events().iter().map(encode).collect();
+        for table in Table::ALL {
+            let mut builder = RowsBuilder::new(table);
+            let mut owned = Vec::new();
+            for p in &payloads {
+                let decoded = decode_wire(p).map_err(|e| e.to_string());
+                let Ok(crate::codec::Decoded::Wire(w)) = decoded else {
+                    panic!("not read by the fast reader: {decoded:?}");
+                };
+                if w.event_type() == table.event_type() {
+                    assert!(builder.append(&w).is_ok());
+                    owned.push(decode(p).map_err(|e| e.to_string()));
+                }
+            }
+            assert_eq!(builder.len(), 6);
+            let built = builder.finish().map_err(|e| e.to_string());
+            let owned: Vec<Event> = owned.into_iter().flatten().collect();
+            let expected = match table {
+                Table::Usage => usage_to_batch(
+                    &owned
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            Event::Usage(u) => Some(u),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Table::Decisions => decisions_to_batch(
+                    &owned
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            Event::Decision(d) => Some(d),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Table::Corrections => corrections_to_batch(
+                    &owned
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            Event::Correction(c) => Some(c),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            .map_err(|e| e.to_string());
+            assert_eq!(built, expected, "{table:?}");
+            assert!(builder.is_empty());
+            // The wire view of an owned event builds the same row.
+            let again: Vec<Event> = events()
+                .into_iter()
+                .filter(|e| e.event_type() == table.event_type())
+                .collect();
+            for e in &again {
+                assert!(builder.append(&WireEvent::from_event(e)).is_ok());
+            }
+            assert_eq!(builder.finish().map(|b| b.num_rows()).ok(), Some(6));
+        }
+    }
+
+    #[test]
+    fn wire_decoding_agrees_with_the_model_and_keeps_the_error_codes() {
+        for e in events() {
+            let bytes = encode(&e);
+            assert_eq!(decode(&bytes).ok(), Some(e.clone()));
+            let direct: Result<Event, _> = serde_json::from_slice(&bytes);
+            assert_eq!(direct.ok(), Some(e));
+        }
+        // Repeated label keys: the last one wins, as in the model's map.
+        let p = br#"{"event_type":"decision","event_id":"01a22ad4-afb6-71d2-b7a9-0d39505a88e8","schema_version":1,"occurred_at":"2026-11-01T00:00:00.5+01:00","gateway_instance":"g","request_id":"r","tenant":"t","labels":{"b":"1","a":"2","b":"3"},"outcome":"allow","rule":"x","rule_kind":"auth","reason":"\u00e9","future":[1,{"a":null}]}"#;
+        let Ok(Event::Decision(d)) = decode(p) else {
+            panic!("{:?}", decode(p))
+        };
+        assert_eq!(
+            d.header.labels.into_iter().collect::<Vec<_>>(),
+            vec![("a".into(), "2".into()), ("b".into(), "3".into())]
+        );
+        assert_eq!(d.reason, "é");
+        assert_eq!(
+            d.header.occurred_at,
+            Timestamp::parse("2026-10-31T23:00:00.5Z").unwrap_or_default()
+        );
+        // A field of another event type with a value of a foreign type is ignored (the
+        // full model decides).
+        let p = br#"{"event_type":"decision","event_id":"01a22ad4-afb6-71d2-b7a9-0d39505a88e8","schema_version":1,"occurred_at":"2026-11-01T00:00:00Z","gateway_instance":"g","request_id":"r","tenant":"t","outcome":"allow","rule":"x","rule_kind":"auth","reason":"r","streamed":"yes"}"#;
+        assert!(matches!(
+            decode_wire(p),
+            Ok(crate::codec::Decoded::Model(_))
+        ));
+        let missing = br#"{"event_type":"usage","event_id":"01a22ad4-afb6-71d2-b7a9-0d39505a88e8","schema_version":1,"occurred_at":"2026-11-01T00:00:00Z","gateway_instance":"g","request_id":"r","tenant":"t"}"#;
+        assert_eq!(
+            decode(missing).err().map(|e| e.code()),
+            Some("event.decode")
+        );
+        let unknown = br#"{"event_type":"telemetry","streamed":"yes"}"#;
+        assert_eq!(
+            decode(unknown).err().map(|e| e.code()),
+            Some("event.unknown_type")
+        );
+    }
 }

@@ -4,8 +4,8 @@
 //! converting the same events from JSON Lines to Parquet (the peer), in one run.
 //!
 //! ```sh
-//! cargo bench -p tally-ledger --bench materialize            # 10 million events
-//! TALLY_BENCH_EVENTS=1000000 cargo bench -p tally-ledger --bench materialize
+//! cargo bench --workspace --bench materialize            # 10 million events
+//! TALLY_BENCH_EVENTS=1000000 cargo bench --workspace --bench materialize
 //! ```
 //!
 //! Needs about 1 KiB of disk per event (log, JSON Lines, Parquet) under
@@ -21,13 +21,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{AsArray, RecordBatch};
+use deltalake::arrow::compute::{sort_to_indices, take_record_batch};
+use deltalake::arrow::datatypes::TimestampMicrosecondType;
 use deltalake::parquet::arrow::ArrowWriter;
-use tally_events::arrow::{Table, decisions_to_batch, usage_to_batch, with_day_column};
+use tally_events::arrow::{RowsBuilder, Table};
 use tally_events::log::{EventLog, LogConfig, Position, SegmentLog};
 use tally_events::{
-    DecisionEvent, Event, EventHeader, FinishState, Outcome, Provider, Route, RuleKind, Timestamp,
-    TokenCounts, UsageEvent, UsageSource,
+    DecisionEvent, Decoded, Event, EventHeader, FinishState, Outcome, Provider, Route, RuleKind,
+    Timestamp, TokenCounts, UsageEvent, UsageSource, WireEvent,
 };
 use tally_ledger::{Ledger, LedgerConfig, parquet_writer_properties};
 
@@ -128,6 +130,10 @@ fn dir_bytes(dir: &Path, ext: &str) -> u64 {
     total
 }
 
+fn dir_bytes_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
 fn python() -> Option<PathBuf> {
     let venv = std::env::var_os("TALLY_TEST_VENV")
         .map(PathBuf::from)
@@ -136,15 +142,26 @@ fn python() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+// The time goes to a file: DuckDB draws a progress bar on stdout for queries longer than
+// two seconds (also switched off here).
 const DUCKDB: &str = r#"
 import sys, time, duckdb
-src, dst = sys.argv[1], sys.argv[2]
+src, dst, out = sys.argv[1], sys.argv[2], sys.argv[3]
 con = duckdb.connect()
 con.execute("SET threads = 2")
+con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
 con.execute(f"COPY (SELECT * FROM read_json('{src}', format = 'newline_delimited')) TO '{dst}' (FORMAT parquet, COMPRESSION zstd)")
-print(time.perf_counter() - t)
+elapsed = time.perf_counter() - t
+with open(out, "w") as f:
+    f.write(repr(elapsed))
 "#;
+
+/// Rows per Arrow batch handed to the Parquet writer (the ledger's chunk: one row group).
+const CHUNK_ROWS: usize = 128 * 1024;
+/// Rows per bare Parquet file: about what one ledger commit writes per table at the rates
+/// measured here.
+const FILE_ROWS: usize = 1024 * 1024;
 
 fn rate(n: u64, d: Duration) -> String {
     format!("{:.0}", n as f64 / d.as_secs_f64())
@@ -206,38 +223,72 @@ fn main() {
         .build()
         .unwrap();
 
-    // (a) bare arrow-rs: the same batches (decoded and converted beforehand, untimed),
-    // written as Parquet files with the ledger's writer settings.
-    let batch_events = LedgerConfig::default().batch_max_events;
-    let mut batches: Vec<RecordBatch> = Vec::new();
+    // (a) bare arrow-rs: the same batches (decoded and converted beforehand, untimed, the
+    // way the ledger does: straight from the wire into Arrow builders, chunks of one row
+    // group, ordered by time), written as Parquet files of about a commit's rows with the
+    // ledger's writer settings (without the `day` column, as in the tables).
+    let mut batches: Vec<Vec<RecordBatch>> = vec![Vec::new(); 3];
+    let mut builders: Vec<RowsBuilder> = Table::ALL.into_iter().map(RowsBuilder::new).collect();
     let mut from = Position::START;
     let t_convert = Instant::now();
+    let finish = |b: &mut RowsBuilder, out: &mut Vec<RecordBatch>| {
+        let rows = b.finish().unwrap();
+        let at = rows
+            .column_by_name("occurred_at")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        let order = sort_to_indices(at, None, None).unwrap();
+        out.push(take_record_batch(&rows, &order).unwrap());
+    };
     loop {
-        let records = log.read(from, batch_events).unwrap();
+        let records = log.read(from, 4096).unwrap();
         let Some(r) = records.last() else { break };
         from = r.next;
-        let (mut usage, mut decisions) = (Vec::new(), Vec::new());
         for r in &records {
-            match tally_events::decode(&r.payload).unwrap() {
-                Event::Usage(u) => usage.push(u),
-                Event::Decision(d) => decisions.push(d),
-                Event::Correction(_) => {}
+            let decoded = tally_events::decode_wire(&r.payload).unwrap();
+            let i = match decoded.event_type() {
+                tally_events::EventType::Decision => 1,
+                tally_events::EventType::Correction => 2,
+                _ => 0,
+            };
+            match &decoded {
+                Decoded::Wire(w) => builders[i].append(w).unwrap(),
+                Decoded::Model(e) => builders[i].append(&WireEvent::from_event(e)).unwrap(),
+            }
+            if builders[i].len() >= CHUNK_ROWS {
+                finish(&mut builders[i], &mut batches[i]);
             }
         }
-        usage.sort_by_key(|u| u.header.occurred_at);
-        decisions.sort_by_key(|d| d.header.occurred_at);
-        batches.push(with_day_column(Table::Usage, &usage_to_batch(&usage).unwrap()).unwrap());
-        batches.push(
-            with_day_column(Table::Decisions, &decisions_to_batch(&decisions).unwrap()).unwrap(),
-        );
+    }
+    for (b, out) in builders.iter_mut().zip(batches.iter_mut()) {
+        if !b.is_empty() {
+            finish(b, out);
+        }
     }
     let convert_time = t_convert.elapsed();
     let t = Instant::now();
-    for (i, b) in batches.iter().enumerate() {
-        let f = File::create(bare_dir.join(format!("{i:06}.parquet"))).unwrap();
-        let mut w = ArrowWriter::try_new(f, b.schema(), Some(parquet_writer_properties())).unwrap();
-        w.write(b).unwrap();
-        w.close().unwrap();
+    let mut files = 0;
+    for table_batches in &batches {
+        let mut writer: Option<(ArrowWriter<File>, usize)> = None;
+        for b in table_batches {
+            let (w, rows) = writer.get_or_insert_with(|| {
+                files += 1;
+                let f = File::create(bare_dir.join(format!("{files:06}.parquet"))).unwrap();
+                let w =
+                    ArrowWriter::try_new(f, b.schema(), Some(parquet_writer_properties())).unwrap();
+                (w, 0)
+            });
+            w.write(b).unwrap();
+            *rows += b.num_rows();
+            if *rows >= FILE_ROWS
+                && let Some((w, _)) = writer.take()
+            {
+                w.close().unwrap();
+            }
+        }
+        if let Some((w, _)) = writer.take() {
+            w.close().unwrap();
+        }
     }
     let bare_time = t.elapsed();
     let bare_bytes = dir_bytes(&bare_dir, "parquet");
@@ -256,18 +307,27 @@ fn main() {
         .unwrap();
         let t = Instant::now();
         let s = ledger.catch_up(|_, _| {}).await.unwrap();
-        (t.elapsed(), s)
+        let elapsed = t.elapsed();
+        let status = ledger.status().await.unwrap();
+        (elapsed, (s, status))
     });
+    let (summary, status) = summary;
     assert_eq!(summary.total_rows(), n, "every event committed once");
-    let tally_bytes = dir_bytes(&tables, "parquet");
+    // The files of the tables' current versions (after compaction, if it ran; files it
+    // replaced are still on disk until vacuum).
+    let tally_bytes: u64 = status.tables.iter().map(|t| t.bytes).sum();
+    let tally_files: u64 = status.tables.iter().map(|t| t.files).sum();
+    let counters = status.counters.unwrap_or_default();
 
     // (b) DuckDB: JSON Lines to one zstd Parquet file, 2 threads.
     let duck = python().and_then(|py| {
         let out = work.path().join("duckdb.parquet");
+        let time_file = work.path().join("duckdb.time");
         let o = match Command::new(py)
             .args(["-c", DUCKDB])
             .arg(&jsonl)
             .arg(&out)
+            .arg(&time_file)
             .output()
         {
             Ok(o) => o,
@@ -276,11 +336,14 @@ fn main() {
                 return None;
             }
         };
-        let secs: Option<f64> = String::from_utf8_lossy(&o.stdout).trim().parse().ok();
+        let secs: Option<f64> = std::fs::read_to_string(&time_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
         let Some(secs) = secs.filter(|_| o.status.success()) else {
             eprintln!(
-                "duckdb failed ({}): {}",
+                "duckdb failed ({}): {}{}",
                 o.status,
+                String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr)
             );
             return None;
@@ -326,5 +389,13 @@ fn main() {
     println!(
         "tally vs bare writer: {:.0}%",
         bare_time.as_secs_f64() / tally_time.as_secs_f64() * 100.0
+    );
+    println!(
+        "tally: {} data commits, {} files in the current versions, {} compaction runs, {} checkpoints; bare: {} files",
+        counters.data_commits,
+        tally_files,
+        counters.optimize_runs,
+        counters.checkpoints,
+        dir_bytes_count(&bare_dir)
     );
 }

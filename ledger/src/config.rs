@@ -29,12 +29,17 @@ pub struct LedgerConfig {
     /// Options of the object store (`endpoint`, `region`, `allow_http`,
     /// `access_key_id`, …); credentials also come from the usual `AWS_*` variables.
     pub storage_options: BTreeMap<String, String>,
-    /// A batch is committed once it holds this many log records…
-    pub batch_max_events: usize,
-    /// …or this many payload bytes…
-    pub batch_max_bytes: usize,
-    /// …or its first record was read this long ago (milliseconds).
+    /// The commit timer: a batch is committed once its first record was read this long
+    /// ago (milliseconds). Each Delta commit costs a write to the table's log, so commits
+    /// are paced by time, not by traffic; queries see newer events from the log tail,
+    /// not from more frequent commits. Rows stream into Parquet files while the batch
+    /// fills, so a long batch does not cost memory.
     pub batch_max_age_ms: u64,
+    /// A batch is committed earlier once it holds this many log records (a bound on the
+    /// work replayed after a crash).
+    pub batch_max_events: usize,
+    /// A batch is committed earlier once it holds this many payload bytes.
+    pub batch_max_bytes: usize,
     /// Event ids are remembered this long (by the time in their UUIDv7) to drop
     /// duplicates; at least 48.
     pub dedupe_horizon_hours: u64,
@@ -62,9 +67,9 @@ impl Default for LedgerConfig {
             source_name: "local".into(),
             tables_uri: None,
             storage_options: BTreeMap::new(),
-            batch_max_events: 50_000,
-            batch_max_bytes: 64 * 1024 * 1024,
-            batch_max_age_ms: 500,
+            batch_max_age_ms: 1_000,
+            batch_max_events: 2_000_000,
+            batch_max_bytes: 1024 * 1024 * 1024,
             dedupe_horizon_hours: 72,
             checkpoint_interval: 10,
             optimize_every_commits: 200,
@@ -85,9 +90,9 @@ impl std::fmt::Debug for LedgerConfig {
                 "storage_options",
                 &self.storage_options.keys().collect::<Vec<_>>(),
             )
+            .field("batch_max_age_ms", &self.batch_max_age_ms)
             .field("batch_max_events", &self.batch_max_events)
             .field("batch_max_bytes", &self.batch_max_bytes)
-            .field("batch_max_age_ms", &self.batch_max_age_ms)
             .field("dedupe_horizon_hours", &self.dedupe_horizon_hours)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("optimize_every_commits", &self.optimize_every_commits)

@@ -2,85 +2,87 @@
 //! ordering rows by `occurred_at`, the `day` partition column. Must not decode payloads
 //! or touch storage.
 
-use deltalake::arrow::array::RecordBatch;
-use tally_events::arrow::{
-    Table, corrections_to_batch, decisions_to_batch, usage_to_batch, with_day_column,
-};
-use tally_events::{Event, EventType};
+use deltalake::arrow::array::{AsArray, RecordBatch};
+use deltalake::arrow::compute::{SortOptions, sort_to_indices, take_record_batch};
+use deltalake::arrow::datatypes::TimestampMicrosecondType;
+use tally_events::EventType;
+use tally_events::arrow::{Table, with_day_column};
 
 use crate::error::LedgerError;
 
-/// Index of an event's table in [`Table::ALL`].
-pub(crate) fn table_index(event: &Event) -> usize {
-    match event.event_type() {
+/// Index of an event type's table in [`Table::ALL`].
+pub(crate) fn table_index(event_type: EventType) -> usize {
+    match event_type {
         EventType::Usage | EventType::Other => 0,
         EventType::Decision => 1,
         EventType::Correction => 2,
     }
 }
 
-/// The rows of `table` for `events` (all of that table's type), sorted by `occurred_at`,
-/// with the `day` column: the batch as stored.
-pub(crate) fn events_to_batch(
-    table: Table,
-    mut events: Vec<Event>,
-) -> Result<RecordBatch, LedgerError> {
-    events.sort_by_key(|e| e.header().occurred_at);
-    let batch = match table {
-        Table::Usage => usage_to_batch(
-            &events
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Usage(u) => Some(u),
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-        ),
-        Table::Decisions => decisions_to_batch(
-            &events
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Decision(d) => Some(d),
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-        ),
-        Table::Corrections => corrections_to_batch(
-            &events
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Correction(c) => Some(c),
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-        ),
+fn convert(table: Table, e: impl Into<crate::error::Cause>) -> LedgerError {
+    LedgerError::Convert {
+        table: table.name(),
+        source: e.into(),
+    }
+}
+
+/// A batch of `table`'s rows (its event schema) ordered by `occurred_at` (as is when
+/// already in order), with the `day` column: the rows as stored.
+pub(crate) fn sorted_with_day(table: Table, rows: RecordBatch) -> Result<RecordBatch, LedgerError> {
+    let at = rows
+        .column_by_name("occurred_at")
+        .ok_or_else(|| convert(table, "occurred_at missing"))?;
+    let sorted = at
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| convert(table, "occurred_at is not a microsecond timestamp"))?
+        .values()
+        .windows(2)
+        .all(|w| w[0] <= w[1]);
+    let rows = if sorted {
+        rows
+    } else {
+        let order = sort_to_indices(
+            at,
+            Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+            None,
+        )
+        .map_err(|e| convert(table, e))?;
+        take_record_batch(&rows, &order).map_err(|e| convert(table, e))?
     };
-    batch
-        .and_then(|b| with_day_column(table, &b))
-        .map_err(|e| LedgerError::Convert {
-            table: table.name(),
-            source: e.into(),
-        })
+    with_day_column(table, &rows).map_err(|e| convert(table, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tests::support::{decision, usage_at};
+    use tally_events::WireEvent;
+    use tally_events::arrow::RowsBuilder;
 
     #[test]
     fn rows_are_sorted_by_occurred_at_and_get_their_day() {
-        let late = usage_at("t1", 1_700_000_000_000_000);
-        let early = usage_at("t1", 1_600_000_000_000_000);
-        let mid = usage_at("t1", 1_650_000_000_000_000);
-        let batch = events_to_batch(Table::Usage, vec![late, early, mid]);
+        let mut rows = RowsBuilder::new(Table::Usage);
+        for at in [
+            1_700_000_000_000_000,
+            1_600_000_000_000_000,
+            1_650_000_000_000_000,
+        ] {
+            let e = usage_at("t1", at);
+            assert!(rows.append(&WireEvent::from_event(&e)).is_ok());
+        }
+        let batch = rows
+            .finish()
+            .map_err(|e| convert(Table::Usage, e))
+            .and_then(|b| sorted_with_day(Table::Usage, b));
         let Ok(batch) = batch else {
             panic!("{:?}", batch.err());
         };
         assert_eq!(batch.num_rows(), 3);
         assert_eq!(batch.schema(), Table::Usage.table_schema());
-        use deltalake::arrow::array::AsArray;
-        use deltalake::arrow::datatypes::{Date32Type, TimestampMicrosecondType};
+        use deltalake::arrow::datatypes::Date32Type;
         let at = batch.column_by_name("occurred_at").map(|c| {
             c.as_primitive::<TimestampMicrosecondType>()
                 .values()
@@ -98,6 +100,6 @@ mod tests {
             .column_by_name("day")
             .map(|c| c.as_primitive::<Date32Type>().value(0));
         assert_eq!(day, Some(18_518)); // 2020-09-13
-        assert_eq!(table_index(&decision("t1")), 1);
+        assert_eq!(table_index(decision("t1").event_type()), 1);
     }
 }

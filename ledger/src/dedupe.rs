@@ -5,15 +5,57 @@
 //!
 //! Horizon: an id is remembered while the time it carries (UUIDv7 milliseconds; for
 //! other UUID versions, the event's `occurred_at`) is within `dedupe_horizon_hours` of
-//! now. A duplicate of an event older than that is not detected. Memory: about 40 bytes
+//! now. A duplicate of an event older than that is not detected. Memory: about 50 bytes
 //! per event in the horizon.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use tally_events::{EventId, Timestamp};
 
 /// Key of an event id: (its time in Unix milliseconds, its 128 bits).
 pub(crate) type DedupeKey = (i64, u128);
+
+/// Hasher of [`DedupeKey`]s: event ids are random in their low bits already (UUIDv7 and
+/// v4), so a multiply-and-rotate mix is enough and far cheaper than SipHash.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn mix(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(26) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.mix(v);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.mix(v as u64);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.mix(v as u64);
+        self.mix((v >> 64) as u64);
+    }
+}
+
+/// A set of [`DedupeKey`]s with the cheap hasher.
+pub(crate) type KeySet = HashSet<DedupeKey, BuildHasherDefault<KeyHasher>>;
 
 /// The key of an event: the id's own UUIDv7 time, or `occurred_at` for other versions.
 pub(crate) fn dedupe_key(id: &EventId, occurred_at: Timestamp) -> DedupeKey {
@@ -27,18 +69,25 @@ pub(crate) fn dedupe_key(id: &EventId, occurred_at: Timestamp) -> DedupeKey {
     (millis, bits)
 }
 
-/// Recently committed event ids, ordered by time so the old ones are cheap to drop.
+/// Keys are kept in hash sets per hour of their time, so lookups are O(1) and pruning
+/// drops whole hours.
+const BUCKET_MS: i64 = 3_600_000;
+
+/// Recently committed event ids, bucketed by the hour of their time so the old ones are
+/// cheap to drop.
 #[derive(Debug, Default)]
 pub(crate) struct DedupeSet {
     horizon_ms: i64,
-    keys: BTreeSet<DedupeKey>,
+    buckets: BTreeMap<i64, KeySet>,
+    len: usize,
 }
 
 impl DedupeSet {
     pub(crate) fn new(horizon: std::time::Duration) -> Self {
         Self {
             horizon_ms: i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX),
-            keys: BTreeSet::new(),
+            buckets: BTreeMap::new(),
+            len: 0,
         }
     }
 
@@ -48,24 +97,41 @@ impl DedupeSet {
     }
 
     pub(crate) fn contains(&self, key: &DedupeKey) -> bool {
-        self.keys.contains(key)
+        self.buckets
+            .get(&key.0.div_euclid(BUCKET_MS))
+            .is_some_and(|b| b.contains(key))
     }
 
     /// Remember ids (call only once their commit succeeded).
     pub(crate) fn extend(&mut self, keys: impl IntoIterator<Item = DedupeKey>) {
-        self.keys.extend(keys);
+        for key in keys {
+            if self
+                .buckets
+                .entry(key.0.div_euclid(BUCKET_MS))
+                .or_default()
+                .insert(key)
+            {
+                self.len += 1;
+            }
+        }
     }
 
     /// Forget ids older than the horizon.
     pub(crate) fn prune(&mut self, now: Timestamp) {
         let cutoff = self.cutoff_ms(now);
-        if self.keys.first().is_some_and(|k| k.0 < cutoff) {
-            self.keys = self.keys.split_off(&(cutoff, 0));
+        let keep = self.buckets.split_off(&cutoff.div_euclid(BUCKET_MS));
+        let dropped: usize = self.buckets.values().map(HashSet::len).sum();
+        self.buckets = keep;
+        self.len -= dropped;
+        if let Some((_, first)) = self.buckets.iter_mut().next() {
+            let before = first.len();
+            first.retain(|k| k.0 >= cutoff);
+            self.len -= before - first.len();
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.keys.len()
+        self.len
     }
 }
 

@@ -27,6 +27,7 @@ mod config;
 mod convert;
 mod dedupe;
 mod error;
+mod files;
 mod maintenance;
 mod materializer;
 mod position;

@@ -5,23 +5,25 @@
 //! docs); must not acknowledge (checkpoint) the log past what every table committed, and
 //! must not remember an event id before the commit that wrote it succeeded.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::DeltaTable;
+use deltalake::arrow::array::RecordBatch;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tally_events::arrow::Table;
+use tally_events::arrow::{RowsBuilder, Table};
 use tally_events::log::{EventLog, Position, Record};
-use tally_events::{Event, Timestamp};
+use tally_events::{Decoded, Timestamp, WireEvent};
 use tokio::task::JoinHandle;
 
 use crate::config::LedgerConfig;
-use crate::convert::{events_to_batch, table_index};
-use crate::dedupe::{DedupeKey, DedupeSet, dedupe_key};
+use crate::convert::{sorted_with_day, table_index};
+use crate::dedupe::{DedupeKey, DedupeSet, KeySet, dedupe_key};
 use crate::error::LedgerError;
+use crate::files::{FileSet, Slot, Written};
 use crate::maintenance::{self, Due, OptimizeSummary, VacuumSummary};
 use crate::position::app_id;
 use crate::status::{
@@ -33,6 +35,10 @@ use crate::tables;
 
 /// Records asked from the log per read.
 const READ_CHUNK: usize = 2048;
+/// Rows of a table handed to its file writer at a time (one Parquet row group).
+const CHUNK_ROWS: usize = 128 * 1024;
+/// Reads being decoded at a time (in blocking tasks, beside the file writers).
+const DECODERS: usize = 2;
 /// Undecodable records kept for the status report.
 const RECENT_UNDECODABLE: usize = 100;
 /// The dedupe set is pruned at most this often.
@@ -186,14 +192,123 @@ impl TableState {
 /// Records read but not committed yet.
 #[derive(Default)]
 struct Batch {
-    events: [Vec<Event>; 3],
+    /// Per table: rows not handed to the files yet, and how many.
+    pending: [Vec<RecordBatch>; 3],
+    pending_rows: [usize; 3],
+    /// Per table: the files written so far.
+    files: [Option<TableFiles>; 3],
     keys: [Vec<DedupeKey>; 3],
-    seen: HashSet<DedupeKey>,
+    seen: KeySet,
     records: usize,
     bytes: usize,
     duplicates: u64,
     undecodable: u64,
     started: Option<Instant>,
+}
+
+/// Where a table's rows of the batch go.
+enum TableFiles {
+    /// Streamed into Parquet files as they come (see `files`).
+    Streaming(Slot),
+    /// Kept in memory and appended by the Delta writer at commit time: the table's schema
+    /// lacks a column of this build's and evolves with that commit.
+    Evolving(Vec<RecordBatch>),
+}
+
+/// A read being decoded.
+type DecodeTask = JoinHandle<Result<DecodedRead, LedgerError>>;
+
+/// Per table: the rows being built, their dedupe keys, and the first fresh row.
+type TableRows = Option<(RowsBuilder, Vec<DedupeKey>, Option<usize>)>;
+
+/// One read of records, decoded (in a blocking task).
+#[derive(Default)]
+struct DecodedRead {
+    /// Per table: its rows (event schema, in log order), their dedupe keys, and the
+    /// first row read for the first time (the rows before it were read before a failed
+    /// commit).
+    tables: [Option<(RecordBatch, Vec<DedupeKey>, usize)>; 3],
+    /// Records read for the first time.
+    fresh: u64,
+    /// Records skipped because their table already covers them (first reads only).
+    replay_skipped: u64,
+    /// Undecodable records (first reads only).
+    undecodable: Vec<UndecodableRecord>,
+}
+
+/// Decode `records` into the rows of their tables, skipping records a table already
+/// covers; records at or after `fresh_from` are read for the first time.
+fn decode_read(
+    records: &[Record],
+    covered: [Position; 3],
+    fresh_from: Position,
+) -> Result<DecodedRead, LedgerError> {
+    let mut out = DecodedRead::default();
+    let mut rows: [TableRows; 3] = Default::default();
+    for r in records {
+        let fresh = r.position >= fresh_from;
+        if fresh {
+            out.fresh += 1;
+        }
+        let decoded = match tally_events::decode_wire(&r.payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                if fresh {
+                    tracing::error!(
+                        position = %r.position,
+                        code = e.code(),
+                        error = %e,
+                        "skipping an event-log record that cannot be decoded (counted in `tally ledger status`)"
+                    );
+                    out.undecodable.push(UndecodableRecord {
+                        position: r.position,
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
+        let i = table_index(decoded.event_type());
+        if r.position < covered[i] {
+            if fresh {
+                out.replay_skipped += 1;
+            }
+            continue;
+        }
+        let key = dedupe_key(&decoded.event_id(), decoded.occurred_at());
+        let (builder, keys, first_fresh) =
+            rows[i].get_or_insert_with(|| (RowsBuilder::new(Table::ALL[i]), Vec::new(), None));
+        let appended = match &decoded {
+            Decoded::Wire(w) => builder.append(w),
+            Decoded::Model(e) => builder.append(&WireEvent::from_event(e)),
+        };
+        appended.map_err(|e| LedgerError::Convert {
+            table: Table::ALL[i].name(),
+            source: e.into(),
+        })?;
+        if fresh && first_fresh.is_none() {
+            *first_fresh = Some(keys.len());
+        }
+        keys.push(key);
+    }
+    for (i, slot) in rows.into_iter().enumerate() {
+        if let Some((mut builder, keys, first_fresh)) = slot {
+            let batch = builder.finish().map_err(|e| LedgerError::Convert {
+                table: Table::ALL[i].name(),
+                source: e.into(),
+            })?;
+            let first_fresh = first_fresh.unwrap_or(keys.len());
+            out.tables[i] = Some((batch, keys, first_fresh));
+        }
+    }
+    Ok(out)
+}
+
+/// A log read in flight, from the position it started at.
+struct Prefetch {
+    from: Position,
+    task: JoinHandle<Result<Vec<Record>, tally_events::log::LogError>>,
 }
 
 /// Background maintenance in flight.
@@ -223,6 +338,8 @@ pub struct Ledger {
     last_prune: Instant,
     /// A commit failed: the tables must be re-read before anything else is written.
     needs_reload: bool,
+    /// The next read from the log, started while the previous one is being decoded.
+    prefetch: Option<Prefetch>,
     shared: Arc<Shared>,
     last_vacuum: Option<Instant>,
 }
@@ -329,6 +446,7 @@ impl Ledger {
             dedupe,
             last_prune: Instant::now(),
             needs_reload: false,
+            prefetch: None,
             shared,
             last_vacuum: None,
         };
@@ -502,10 +620,7 @@ impl Ledger {
     async fn tick(&mut self) -> Result<bool, LedgerError> {
         self.fill(None).await?;
         let full = self.batch_full();
-        let old = self
-            .batch
-            .started
-            .is_some_and(|t| t.elapsed() >= self.config.batch_max_age());
+        let old = self.batch_old();
         if full || old {
             self.flush(false).await?;
             return Ok(full);
@@ -527,86 +642,215 @@ impl Ledger {
             || self.batch.bytes >= self.config.batch_max_bytes
     }
 
-    /// Read records into the batch until it is full, the log has no more, or `limit` is
-    /// reached. Returns the number of records taken.
+    /// Whether the batch is due by the commit timer (`batch_max_age_ms`).
+    fn batch_old(&self) -> bool {
+        self.batch
+            .started
+            .is_some_and(|t| t.elapsed() >= self.config.batch_max_age())
+    }
+
+    /// Read records into the batch until it is full or due, the log has no more, or
+    /// `limit` is reached. Returns the number of records taken. Reads are decoded in
+    /// blocking tasks, [`DECODERS`] at a time, while the next read is under way and the
+    /// file writers encode what was decoded before.
     async fn fill(&mut self, limit: Option<Position>) -> Result<u64, LedgerError> {
         self.confirm().await?;
+        let mut inflight: VecDeque<DecodeTask> = VecDeque::new();
         let mut taken = 0u64;
-        'outer: while !self.batch_full() {
+        let result = self.fill_reads(limit, &mut inflight, &mut taken).await;
+        // Whatever happened, the reads taken so far are decoded and added (or dropped
+        // with the batch on an error).
+        let mut result = result;
+        let mut lost = false;
+        while let Some(task) = inflight.pop_front() {
+            if result.is_err() {
+                task.abort();
+                lost = true;
+                continue;
+            }
+            result = self.absorb(task).await;
+        }
+        match result {
+            Ok(()) => Ok(taken),
+            // The batch lost records it counted: it starts over from the tables (a failed
+            // absorb has done so already).
+            Err(e) if lost && !self.needs_reload => Err(self.failed(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fill_reads(
+        &mut self,
+        limit: Option<Position>,
+        inflight: &mut VecDeque<DecodeTask>,
+        taken: &mut u64,
+    ) -> Result<(), LedgerError> {
+        while !self.batch_full() && !self.batch_old() {
             if limit.is_some_and(|l| self.read_pos >= l) {
                 break;
             }
             let want = (self.config.batch_max_events - self.batch.records).clamp(1, READ_CHUNK);
-            let records = read_log(&self.log, self.read_pos, want).await?;
-            if records.is_empty() {
-                break;
-            }
-            for r in records {
-                if self.batch_full() || limit.is_some_and(|l| r.position >= l) {
-                    break 'outer;
+            let prefetched = match self.prefetch.take() {
+                Some(p) if p.from == self.read_pos => p
+                    .task
+                    .await
+                    .map_err(|e| LedgerError::Runtime(e.to_string()))?
+                    .map_err(LedgerError::from)?,
+                _ => Vec::new(),
+            };
+            // (An empty prefetch may predate appends: read again.)
+            let mut records = if prefetched.is_empty() {
+                read_log(&self.log, self.read_pos, want).await?
+            } else {
+                prefetched
+            };
+            // Up to the limit and what fits in the batch.
+            let room = self.config.batch_max_events - self.batch.records;
+            let (mut n, mut bytes) = (0usize, 0usize);
+            for r in &records {
+                if n >= room
+                    || self.batch.bytes + bytes >= self.config.batch_max_bytes
+                    || limit.is_some_and(|l| r.position >= l)
+                {
+                    break;
                 }
-                self.take(r);
-                taken += 1;
+                n += 1;
+                bytes += r.payload.len();
+            }
+            let whole = n == records.len();
+            records.truncate(n);
+            let Some(last) = records.last() else {
+                break;
+            };
+            let next = last.next;
+            // Read on while these are decoded (a read is cheap to throw away if the batch
+            // ends before it is used).
+            if whole && limit.is_none_or(|l| next < l) {
+                let log = Arc::clone(&self.log);
+                self.prefetch = Some(Prefetch {
+                    from: next,
+                    task: tokio::task::spawn_blocking(move || log.read(next, READ_CHUNK)),
+                });
+            }
+            let fresh_from = self.max_seen;
+            self.read_pos = next;
+            self.max_seen = self.max_seen.max(next);
+            self.batch.records += n;
+            self.batch.bytes += bytes;
+            self.batch.started.get_or_insert_with(Instant::now);
+            *taken += n as u64;
+            let covered: [Position; 3] =
+                std::array::from_fn(|i| self.tables.get(i).map_or(Position::START, |s| s.covered));
+            inflight.push_back(tokio::task::spawn_blocking(move || {
+                decode_read(&records, covered, fresh_from)
+            }));
+            while inflight.len() >= DECODERS {
+                if let Some(task) = inflight.pop_front() {
+                    self.absorb(task).await?;
+                }
             }
         }
-        Ok(taken)
+        Ok(())
     }
 
-    /// Add one record to the batch (or skip it: replayed, duplicate, undecodable).
-    fn take(&mut self, r: Record) {
-        let fresh = r.position >= self.max_seen;
-        self.read_pos = r.next;
-        self.max_seen = self.max_seen.max(r.next);
-        self.batch.records += 1;
-        self.batch.bytes += r.payload.len();
-        self.batch.started.get_or_insert_with(Instant::now);
-        let mut shared = self.shared.state.lock();
-        if fresh {
-            shared.counters.records_read += 1;
-        }
-        let event = match tally_events::decode(&r.payload) {
-            Ok(event) => event,
-            Err(e) => {
-                if fresh {
-                    tracing::error!(
-                        position = %r.position,
-                        code = e.code(),
-                        error = %e,
-                        "skipping an event-log record that cannot be decoded (counted in `tally ledger status`)"
-                    );
-                    self.batch.undecodable += 1;
-                    shared.counters.undecodable_records += 1;
-                    if shared.undecodable.len() >= RECENT_UNDECODABLE {
-                        shared.undecodable.pop_front();
+    /// Add a decoded read to the batch: drop duplicates, count, and hand full chunks of
+    /// rows to the files.
+    async fn absorb(&mut self, task: DecodeTask) -> Result<(), LedgerError> {
+        let read = match task.await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Err(self.failed(e)),
+            Err(e) => return Err(self.failed(LedgerError::Runtime(e.to_string()))),
+        };
+        let mut duplicates = 0u64;
+        for (i, slot) in read.tables.into_iter().enumerate() {
+            let Some((rows, keys, first_fresh)) = slot else {
+                continue;
+            };
+            let mut keep: Option<Vec<bool>> = None;
+            for (j, key) in keys.iter().enumerate() {
+                if self.dedupe.contains(key) || !self.batch.seen.insert(*key) {
+                    if j >= first_fresh {
+                        tracing::debug!(event_id = %uuid::Uuid::from_u128(key.1), "dropping a duplicate event");
+                        duplicates += 1;
                     }
-                    shared.undecodable.push_back(UndecodableRecord {
-                        position: r.position,
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    });
+                    keep.get_or_insert_with(|| vec![true; keys.len()])[j] = false;
                 }
-                return;
+            }
+            let (rows, keys) = match keep {
+                None => (rows, keys),
+                Some(keep) => {
+                    let mask = deltalake::arrow::array::BooleanArray::from(keep.clone());
+                    let rows = match deltalake::arrow::compute::filter_record_batch(&rows, &mask) {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            return Err(self.failed(LedgerError::Convert {
+                                table: Table::ALL[i].name(),
+                                source: e.into(),
+                            }));
+                        }
+                    };
+                    let keys = keys
+                        .into_iter()
+                        .zip(keep)
+                        .filter_map(|(k, keep)| keep.then_some(k))
+                        .collect();
+                    (rows, keys)
+                }
+            };
+            if rows.num_rows() == 0 {
+                continue;
+            }
+            self.batch.keys[i].extend(keys);
+            self.batch.pending_rows[i] += rows.num_rows();
+            self.batch.pending[i].push(rows);
+            if self.batch.pending_rows[i] >= CHUNK_ROWS {
+                self.dispatch(i).await?;
+            }
+        }
+        self.batch.duplicates += duplicates;
+        self.batch.undecodable += read.undecodable.len() as u64;
+        let mut shared = self.shared.state.lock();
+        shared.counters.records_read += read.fresh;
+        shared.counters.replay_skipped += read.replay_skipped;
+        shared.counters.duplicates_dropped += duplicates;
+        shared.counters.undecodable_records += read.undecodable.len() as u64;
+        for u in read.undecodable {
+            if shared.undecodable.len() >= RECENT_UNDECODABLE {
+                shared.undecodable.pop_front();
+            }
+            shared.undecodable.push_back(u);
+        }
+        Ok(())
+    }
+
+    /// Hand the table's pending rows to its files (written in the background).
+    async fn dispatch(&mut self, i: usize) -> Result<(), LedgerError> {
+        let table = Table::ALL[i];
+        if self.batch.pending[i].is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.batch.pending[i]);
+        self.batch.pending_rows[i] = 0;
+        let files = match self.batch.files[i].take() {
+            Some(files) => files,
+            None => match FileSet::for_table(&self.tables[i].delta, table) {
+                Ok(Some(files)) => TableFiles::Streaming(Slot::Idle(Box::new(files))),
+                Ok(None) => TableFiles::Evolving(Vec::new()),
+                Err(e) => return Err(self.failed(e)),
+            },
+        };
+        let files = match files {
+            TableFiles::Streaming(slot) => match slot.write(chunk).await {
+                Ok(slot) => TableFiles::Streaming(slot),
+                Err(e) => return Err(self.failed(e)),
+            },
+            TableFiles::Evolving(mut chunks) => {
+                chunks.extend(chunk);
+                TableFiles::Evolving(chunks)
             }
         };
-        let i = table_index(&event);
-        if r.position < self.tables[i].covered {
-            if fresh {
-                shared.counters.replay_skipped += 1;
-            }
-            return;
-        }
-        let header = event.header();
-        let key = dedupe_key(&header.event_id, header.occurred_at);
-        if self.dedupe.contains(&key) || !self.batch.seen.insert(key) {
-            if fresh {
-                tracing::debug!(event_id = %header.event_id, position = %r.position, "dropping a duplicate event");
-                self.batch.duplicates += 1;
-                shared.counters.duplicates_dropped += 1;
-            }
-            return;
-        }
-        self.batch.keys[i].push(key);
-        self.batch.events[i].push(event);
+        self.batch.files[i] = Some(files);
+        Ok(())
     }
 
     /// Commit the batch: each table's rows with the batch's end position. With
@@ -614,6 +858,10 @@ impl Ledger {
     /// once their last commit is `idle_commit_secs` old).
     async fn flush(&mut self, record_idle: bool) -> Result<StepSummary, LedgerError> {
         self.confirm().await?;
+        // The rows not handed to the files yet go now.
+        for i in 0..self.tables.len() {
+            self.dispatch(i).await?;
+        }
         let end = self.read_pos;
         let mut batch = std::mem::take(&mut self.batch);
         let mut summary = StepSummary {
@@ -624,9 +872,9 @@ impl Ledger {
             ..StepSummary::default()
         };
         for i in 0..self.tables.len() {
-            let events = std::mem::take(&mut batch.events[i]);
+            let files = batch.files[i].take();
             let keys = std::mem::take(&mut batch.keys[i]);
-            if events.is_empty() {
+            let Some(files) = files else {
                 let idle = self.config.idle_commit();
                 let s = &mut self.tables[i];
                 s.covered = s.covered.max(end);
@@ -635,25 +883,13 @@ impl Ledger {
                     summary.commits += 1;
                 }
                 continue;
-            }
-            let rows = events.len() as u64;
-            let days: HashSet<i32> = events
-                .iter()
-                .map(|e| {
-                    i32::try_from(
-                        e.header()
-                            .occurred_at
-                            .as_micros()
-                            .div_euclid(86_400_000_000),
-                    )
-                    .unwrap_or(i32::MAX)
-                })
-                .collect();
-            self.commit_rows(i, events, end).await?;
+            };
+            let rows = keys.len() as u64;
+            let files_per_day = self.commit_rows(i, files, end).await?;
             self.dedupe.extend(keys);
             let s = &mut self.tables[i];
-            for day in days {
-                *s.due.new_files_per_day.entry(day).or_insert(0) += 1;
+            for (day, files) in files_per_day {
+                *s.due.new_files_per_day.entry(day).or_insert(0) += files;
             }
             summary.rows[i] = rows;
             summary.commits += 1;
@@ -686,24 +922,56 @@ impl Ledger {
         Ok(summary)
     }
 
-    /// Write one table's rows and `end`, in one commit.
+    /// Commit one table's files (or, while its schema evolves, its rows) and `end`, in
+    /// one commit; returns the files written per day.
     async fn commit_rows(
         &mut self,
         i: usize,
-        events: Vec<Event>,
+        files: TableFiles,
         end: Position,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<HashMap<i32, u64>, LedgerError> {
         let s = &self.tables[i];
         let table = s.table;
-        let result = match events_to_batch(table, events) {
-            Ok(batch) => tables::append(s.delta.clone(), table, batch, &self.app_id, end).await,
-            Err(e) => Err(e),
+        let result = match files {
+            TableFiles::Streaming(slot) => match slot.ready().await {
+                Ok(files) => match files.finish().await {
+                    Ok(Written {
+                        adds,
+                        files_per_day,
+                        rows,
+                    }) => {
+                        tables::commit_files(s.delta.clone(), table, adds, rows, &self.app_id, end)
+                            .await
+                            .map(|delta| (delta, files_per_day))
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            TableFiles::Evolving(chunks) => {
+                let schema = table.event_schema();
+                match deltalake::arrow::compute::concat_batches(&schema, &chunks)
+                    .map_err(|e| LedgerError::Convert {
+                        table: table.name(),
+                        source: e.into(),
+                    })
+                    .and_then(|rows| sorted_with_day(table, rows))
+                {
+                    Ok(batch) => {
+                        let days = days_of(&batch);
+                        tables::append(s.delta.clone(), table, batch, &self.app_id, end)
+                            .await
+                            .map(|delta| (delta, days))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         match result {
-            Ok(delta) => {
+            Ok((delta, files_per_day)) => {
                 self.committed(i, delta, end).await;
                 self.shared.state.lock().counters.data_commits += 1;
-                Ok(())
+                Ok(files_per_day)
             }
             Err(e) => Err(self.failed(e)),
         }
@@ -779,6 +1047,7 @@ impl Ledger {
             .min()
             .unwrap_or(Position::START);
         self.batch = Batch::default();
+        self.prefetch = None;
         self.needs_reload = false;
         tracing::info!(resume_from = %self.read_pos, "ledger state confirmed after a failed commit");
         self.publish();
@@ -923,6 +1192,17 @@ impl Ledger {
             .collect();
         state.counters.dedupe_ids = self.dedupe.len() as u64;
     }
+}
+
+/// One file per day of a batch with the `day` column.
+fn days_of(batch: &RecordBatch) -> HashMap<i32, u64> {
+    use deltalake::arrow::array::AsArray;
+    use deltalake::arrow::datatypes::Date32Type;
+    batch
+        .column_by_name(tally_events::arrow::PARTITION_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<Date32Type>())
+        .map(|days| days.values().iter().map(|&d| (d, 1)).collect())
+        .unwrap_or_default()
 }
 
 fn add_summary(total: &mut StepSummary, step: &StepSummary) {

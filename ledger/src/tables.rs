@@ -11,7 +11,7 @@ use deltalake::arrow::datatypes::{DataType, TimestampMicrosecondType};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -196,6 +196,38 @@ pub(crate) async fn append(
             rows,
             source: cause(e),
         })
+}
+
+/// Add the files written for the rows up to `end` (see `files`) and record `end` as the
+/// consumer position, in one Delta commit: either both are visible or neither.
+pub(crate) async fn commit_files(
+    mut delta: DeltaTable,
+    table: Table,
+    adds: Vec<Add>,
+    rows: u64,
+    app_id: &str,
+    end: Position,
+) -> Result<DeltaTable, LedgerError> {
+    let err = |e: DeltaTableError| LedgerError::Commit {
+        table: table.name(),
+        rows: usize::try_from(rows).unwrap_or(usize::MAX),
+        source: cause(e),
+    };
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
+        predicate: None,
+    };
+    let commit = {
+        let state = delta.snapshot().map_err(err)?;
+        CommitBuilder::from(commit_properties(app_id, end)?)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(state.snapshot()), delta.log_store(), operation)
+            .await
+            .map_err(err)?
+    };
+    delta.state = Some(commit.snapshot);
+    Ok(delta)
 }
 
 /// Record `end` as the consumer position without adding data (the table had no events

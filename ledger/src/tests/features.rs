@@ -330,7 +330,7 @@ async fn catch_up_reports_progress_and_commits_everything() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_commits_within_a_second_and_drains_on_shutdown() -> TestResult {
+async fn run_commits_on_its_timer_and_drains_on_shutdown() -> TestResult {
     let env = Env::new()?;
     // Defaults, as in `tally up` (a background vacuum starts right away).
     let ledger = env.ledger(LedgerConfig::default()).await?;
@@ -340,7 +340,8 @@ async fn run_commits_within_a_second_and_drains_on_shutdown() -> TestResult {
         let _ = stopped.await;
     }));
 
-    // Events are committed within about a second of being durable.
+    // Events are committed within about the commit timer (`batch_max_age_ms`, 1 s) of
+    // being durable.
     env.append(&[usage("a"), decision("a")])?;
     let appended = Instant::now();
     let end = env.log.durable_end();
@@ -356,7 +357,7 @@ async fn run_commits_within_a_second_and_drains_on_shutdown() -> TestResult {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let latency = appended.elapsed();
-    assert!(latency < Duration::from_millis(1_500), "{latency:?}");
+    assert!(latency < Duration::from_millis(2_500), "{latency:?}");
 
     // Appended just before shutdown: committed by the shutdown drain.
     env.append(&[usage("b")])?;
@@ -379,7 +380,7 @@ async fn config_is_validated_and_rejects_unknown_keys() -> TestResult {
     let parsed: Result<LedgerConfig, _> = serde_json::from_str(r#"{"batch_max_event": 5}"#);
     assert!(parsed.is_err());
     let parsed: LedgerConfig = serde_json::from_str(r#"{"source_name": "eu-1"}"#)?;
-    assert_eq!(parsed.batch_max_age_ms, 500);
+    assert_eq!(parsed.batch_max_age_ms, 1_000);
     assert!(parsed.validate().is_ok());
     let short = LedgerConfig {
         dedupe_horizon_hours: 24,
