@@ -449,6 +449,9 @@ impl<'a> WireEvent<'a> {
 /// or, for the rare payload the fast reader does not take (e.g. a field of another
 /// event type with an unexpected value), the full model.
 #[derive(Clone, Debug)]
+// The wire form is what nearly every event decodes to and lives briefly on the stack;
+// boxing it would cost an allocation per event on the ledger's hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded<'a> {
     Wire(WireEvent<'a>),
     Model(Event),
