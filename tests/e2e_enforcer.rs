@@ -125,6 +125,23 @@ fn simulator() -> (tokio::runtime::Runtime, String) {
     (rt, url)
 }
 
+/// `tally ledger run --once` with `cfg` (its `kafka:` section) on `data_dir`; returns
+/// stdout.
+fn kafka_ledger_once(data_dir: &Path, cfg: &Path) -> String {
+    let out = common::cli::tally_in(data_dir)
+        .arg("--config")
+        .arg(cfg)
+        .args(["ledger", "run", "--once"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn send(e: &Enforcer, n: usize) {
     let client = reqwest::blocking::Client::new();
     for i in 0..n {
@@ -313,23 +330,9 @@ fn with_kafka_configured_the_enforcer_produces_its_events_to_the_topic() {
     );
 
     // A Kafka-fed ledger (one per partition) commits them, exactly once across runs.
-    let ledger = |args: &[&str]| {
-        let out = common::cli::tally_in(&data_dir)
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let first = ledger(&["ledger", "run", "--once"]);
+    let first = kafka_ledger_once(&data_dir, &cfg);
     assert!(first.contains("from 2 partition(s)"), "{first}");
-    ledger(&["ledger", "run", "--once"]);
+    kafka_ledger_once(&data_dir, &cfg);
     let expected_output: u64 = usage.iter().map(|u| u.tokens.output_tokens).sum();
     assert_eq!(
         sql_numbers(&data_dir, "SELECT count(*), sum(output_tokens) FROM usage"),
@@ -520,17 +523,7 @@ fn a_30_second_broker_outage_under_load_loses_and_duplicates_nothing() {
     }
     e.stop();
 
-    let out = common::cli::tally_in(&data_dir)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["ledger", "run", "--once"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kafka_ledger_once(&data_dir, &cfg);
     let n = sent.len() as u64;
     assert_eq!(
         sql_numbers(
