@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}"
 bash scripts/setup-test-deps.sh >/dev/null
 export TALLY_TEST_PYTHON="${TALLY_TEST_VENV:-$HOME/.cache/tally/venv}/bin/python"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast
