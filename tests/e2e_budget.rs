@@ -12,27 +12,13 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::cli::run_ok;
-use common::{Tally, python, read_events};
+use common::{Tally, away_from_midnight, python, read_events};
 use tally_events::{DecisionEvent, Event, FinishState, Outcome, UsageEvent};
 
 const CAP_MICROS: i64 = 1_000_000;
 const REQUESTS: usize = 200;
-
-/// A daily cap must not roll over in the middle of the test: wait out the last two
-/// minutes of a UTC day.
-fn away_from_midnight() {
-    let secs_into_day = tally_events::Timestamp::now()
-        .as_micros()
-        .rem_euclid(86_400_000_000)
-        / 1_000_000;
-    let left = 86_400 - secs_into_day;
-    if left < 120 {
-        std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap() + 2));
-    }
-}
 
 /// A config using `policy` as the policy file; returns `tally up` arguments.
 fn with_policy(dir: &Path, policy: &str) -> Vec<String> {
@@ -83,7 +69,7 @@ fn split(events: Vec<Event>) -> (HashMap<String, UsageEvent>, Vec<DecisionEvent>
 
 #[test]
 fn two_hundred_concurrent_sdk_streams_stay_within_a_dollar_cap() {
-    away_from_midnight();
+    away_from_midnight(120);
     let tmp = tempfile::tempdir().unwrap();
     let args = with_policy(
         tmp.path(),

@@ -91,14 +91,32 @@ fn sigkill_at_random_moments_neither_loses_nor_duplicates() {
     let mut committed = 0;
     while kills < KILLS || !done.load(Ordering::SeqCst) {
         let mut child = tally_in(&data_dir)
-            .args(["ledger", "run"])
-            .stdout(Stdio::null())
+            .args(["ledger", "run", "--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Opening the tables takes a few hundred ms; kill anywhere from inside that to
-        // well into steady tailing.
-        std::thread::sleep(Duration::from_millis(rng.between(200, 2_500)));
+        // One kill in four lands while the ledger opens its tables and catches up; the
+        // others once it is running (it prints its admin address then), anywhere from
+        // its first commit to well into steady tailing. Counting from the start instead
+        // would, on a loaded machine, kill most runs before they did any work.
+        if rng.between(0, 4) == 0 {
+            std::thread::sleep(Duration::from_millis(rng.between(50, 1_000)));
+        } else {
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                    let Ok(line) = line else { break };
+                    if line.starts_with("tally ledger admin on") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("tally ledger run did not start within 60 s");
+            std::thread::sleep(Duration::from_millis(rng.between(300, 2_500)));
+        }
         if let Some(status) = child.try_wait().unwrap() {
             panic!("tally ledger run exited by itself: {status}");
         }

@@ -262,6 +262,16 @@ pub struct EventQueueConfig {
     /// When full: `block` (wait for room: back-pressure, nothing lost) or `fail_closed`
     /// (answer 503 to new requests until there is room).
     pub when_full: WhenFull,
+    /// When a response may complete: `durable` holds the last bytes of every response
+    /// (the body of a whole response; the terminal event and end of a stream) until its
+    /// usage event is durable in the log, so a client that got a complete response can
+    /// rely on its row even if the process is killed right after. `queued` completes
+    /// responses as soon as the event is queued: lowest latency, but a crash can lose
+    /// the events of responses delivered in the last few milliseconds.
+    pub respond_after: RespondAfter,
+    /// With `respond_after: durable`, the longest a response waits for its event, ms;
+    /// past it the response completes anyway and the wait is counted as a timeout.
+    pub durable_wait_ms: u64,
 }
 
 impl Default for EventQueueConfig {
@@ -269,8 +279,24 @@ impl Default for EventQueueConfig {
         Self {
             capacity: 65_536,
             when_full: WhenFull::Block,
+            respond_after: RespondAfter::Durable,
+            durable_wait_ms: 5_000,
         }
     }
+}
+
+/// When a response completes relative to its usage event (see
+/// [`EventQueueConfig::respond_after`]).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RespondAfter {
+    /// After the event is durable in the log.
+    #[default]
+    Durable,
+    /// After the event is queued.
+    Queued,
 }
 
 /// Behaviour of a full event queue.

@@ -25,7 +25,7 @@ use crate::error::ErrorKind;
 use crate::keys::KeyLocation;
 use crate::policy::{Reservation, StreamVerdict};
 use crate::providers::{self, Endpoint, EventAction, RequestInfo, StreamTracker};
-use crate::proxy::{ProxyBody, ProxyState, await_head, error_response, full, stamp};
+use crate::proxy::{ProxyBody, ProxyState, await_head, error_response, stamp};
 use crate::upstream::{self, Upstream, strip_hop_by_hop};
 
 /// Largest single SSE event tracked; larger events are relayed untouched.
@@ -178,7 +178,21 @@ impl Attempt<'_> {
         }
     }
 
+    /// Queue the usage event of an attempt the client never sees (one retried).
     async fn record(&self, outcome: AttemptOutcome) {
+        let event = self.usage_event(outcome);
+        self.state.sink.emit_always(event.into()).await;
+    }
+
+    /// Write the usage event of the attempt whose response the client gets; call before
+    /// the response's last bytes go out (with `respond_after: durable` this waits until
+    /// the event is durable).
+    async fn finish(&self, outcome: AttemptOutcome) {
+        let event = self.usage_event(outcome);
+        self.state.sink.emit_durable(event.into()).await;
+    }
+
+    fn usage_event(&self, outcome: AttemptOutcome) -> tally_events::UsageEvent {
         let event = outcome.into_event(self.ctx, Some(&self.state.prices));
         {
             let mut spent = self.spent.lock();
@@ -195,7 +209,7 @@ impl Attempt<'_> {
             source = %event.usage_source,
             "usage"
         );
-        self.state.sink.emit_always(event.into()).await;
+        event
     }
 
     fn overhead(&self) -> Duration {
@@ -249,8 +263,8 @@ async fn run(
             &ctx.request_id,
             ctx.started,
         );
+        state.sink.emit_durable(ctx.denied_usage(503).into()).await;
         let _ = head_tx.send(resp);
-        state.sink.emit_always(ctx.denied_usage(503).into()).await;
         return;
     }
     let max_attempts = route.as_ref().map_or(1, |r| r.max_attempts.max(1));
@@ -292,13 +306,13 @@ async fn run(
             Ok(r) => r,
             Err(e) => {
                 let resp = attempt.error(ErrorKind::NoUpstream, &e);
-                send_head(&mut head_tx, resp);
                 attempt
-                    .record(AttemptOutcome {
+                    .finish(AttemptOutcome {
                         input_forwarded: false,
                         ..attempt.outcome(Some(503), FinishState::UpstreamError)
                     })
                     .await;
+                send_head(&mut head_tx, resp);
                 return;
             }
         };
@@ -354,10 +368,11 @@ async fn run(
                 retry_of = Some(id);
                 continue;
             }
-            send_head(&mut head_tx, attempt.error(kind, &message));
+            let resp = attempt.error(kind, &message);
             attempt
-                .record(attempt.outcome(Some(kind.status()), finish))
+                .finish(attempt.outcome(Some(kind.status()), finish))
                 .await;
+            send_head(&mut head_tx, resp);
             return;
         }
     }
@@ -436,23 +451,22 @@ async fn relay_whole(
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
             let msg = format!("the upstream response could not be read: {e}");
-            send_head(head_tx, attempt.error(ErrorKind::UpstreamBody, &msg));
+            let resp = attempt.error(ErrorKind::UpstreamBody, &msg);
             let mut o = attempt.outcome(Some(502), FinishState::UpstreamError);
             o.upstream_request_id = up_id;
-            attempt.record(o).await;
+            attempt.finish(o).await;
+            send_head(head_tx, resp);
             return;
         }
         Err(_) => {
-            send_head(
-                head_tx,
-                attempt.error(
-                    ErrorKind::UpstreamTimeout,
-                    "the upstream response body stalled",
-                ),
+            let resp = attempt.error(
+                ErrorKind::UpstreamTimeout,
+                "the upstream response body stalled",
             );
             let mut o = attempt.outcome(Some(504), FinishState::Timeout);
             o.upstream_request_id = up_id;
-            attempt.record(o).await;
+            attempt.finish(o).await;
+            send_head(head_tx, resp);
             return;
         }
     };
@@ -461,7 +475,9 @@ async fn relay_whole(
         _ => None,
     };
     stamp(&mut parts.headers, &attempt.id, attempt.overhead());
-    let resp = Response::from_parts(parts, full(bytes));
+    // The head goes out now; the body once the usage event is written (see `finish`).
+    let (open, body) = GatedBody::new(bytes);
+    let resp = Response::from_parts(parts, body.boxed());
     let delivered = send_head(head_tx, resp);
     let mut o = attempt.outcome(
         Some(status),
@@ -483,7 +499,8 @@ async fn relay_whole(
             o.input_forwarded = false;
         }
     }
-    attempt.record(o).await;
+    attempt.finish(o).await;
+    let _ = open.send(());
 }
 
 type FrameResult = Result<Frame<Bytes>, io::Error>;
@@ -506,6 +523,10 @@ async fn relay_stream(
     let mut client_gone = !send_head(head_tx, resp);
     let mut gone_at = client_gone.then(Instant::now);
     let mut parser = providers::sse::SseParser::new(MAX_SSE_EVENT_BYTES);
+    // With `respond_after: durable`, the terminal event (and the end of the body) wait
+    // until the usage event is written, so a client that saw the end has its row.
+    let hold = attempt.state.sink.durable_responses();
+    let mut held = BytesMut::new();
     let mut ttft: Option<u64> = None;
     let idle = Duration::from_millis(config.idle_timeout_ms);
     let drain = Duration::from_millis(config.drain_timeout_ms);
@@ -553,7 +574,9 @@ async fn relay_stream(
                     }
                     None => parser.finish(),
                 };
-                if !rest.is_empty() && !client_gone {
+                if hold {
+                    held.extend_from_slice(&rest);
+                } else if !rest.is_empty() && !client_gone {
                     let _ = tx.send(Ok(Frame::data(rest))).await;
                 }
                 break if client_gone {
@@ -587,7 +610,11 @@ async fn relay_stream(
                 let mut out = BytesMut::new();
                 for ev in &events {
                     if t.on_event(ev) == EventAction::Forward {
-                        out.extend_from_slice(ev.raw());
+                        if hold && (!held.is_empty() || t.is_terminal(ev)) {
+                            held.extend_from_slice(ev.raw());
+                        } else {
+                            out.extend_from_slice(ev.raw());
+                        }
                     }
                 }
                 out.freeze()
@@ -643,7 +670,11 @@ async fn relay_stream(
                         .provider
                         .unwrap_or(tally_events::Provider::Openai);
                     let err = providers::sse_error_event(provider, "tally.cut_by_policy", &message);
-                    let _ = tx.send(Ok(Frame::data(Bytes::from(err)))).await;
+                    if hold {
+                        held.extend_from_slice(&err);
+                    } else {
+                        let _ = tx.send(Ok(Frame::data(Bytes::from(err)))).await;
+                    }
                     break FinishState::CutByPolicy;
                 }
             }
@@ -656,7 +687,6 @@ async fn relay_stream(
             gone_at = Some(Instant::now());
         }
     };
-    drop(tx);
     let mut o = attempt.outcome(Some(status), finish);
     o.ttft_ms = ttft;
     o.upstream_request_id = up_id;
@@ -680,5 +710,54 @@ async fn relay_stream(
     if status >= 400 && o.reported.as_ref().is_none_or(|r| !r.1) {
         o.input_forwarded = false;
     }
-    attempt.record(o).await;
+    attempt.finish(o).await;
+    if !held.is_empty() && !client_gone {
+        let _ = tx.send(Ok(Frame::data(held.freeze()))).await;
+    }
+    drop(tx);
+}
+
+/// A whole response body that is sent only once `open` fires (or is dropped), keeping
+/// its exact length for `content-length`.
+struct GatedBody {
+    gate: Option<oneshot::Receiver<()>>,
+    data: Option<Bytes>,
+}
+
+impl GatedBody {
+    fn new(data: Bytes) -> (oneshot::Sender<()>, Self) {
+        let (open, gate) = oneshot::channel();
+        (
+            open,
+            Self {
+                gate: Some(gate),
+                data: Some(data),
+            },
+        )
+    }
+}
+
+impl http_body::Body for GatedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(gate) = self.gate.as_mut() {
+            // Opened or dropped: either way the body may go.
+            std::task::ready!(std::future::Future::poll(std::pin::Pin::new(gate), cx)).ok();
+            self.gate = None;
+        }
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }

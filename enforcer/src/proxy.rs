@@ -408,7 +408,7 @@ pub(crate) async fn deny(
     state.sink.emit_always(decision.into()).await;
     state
         .sink
-        .emit_always(ctx.denied_usage(kind.status()).into())
+        .emit_durable(ctx.denied_usage(kind.status()).into())
         .await;
     error_response(ctx.provider, kind, &reason, &ctx.request_id, ctx.started)
 }
@@ -487,7 +487,7 @@ async fn apply_policy(
             tracing::info!(rule, status, %message, "request denied by policy");
             state
                 .sink
-                .emit_always(ctx.denied_usage(status).into())
+                .emit_durable(ctx.denied_usage(status).into())
                 .await;
             let mut resp = error_response(
                 ctx.provider,

@@ -1,17 +1,19 @@
 //! The path from request handling to the event log: a bounded in-memory queue drained
 //! by one task that encodes events and appends them to the log. Request handling never
-//! waits on disk I/O here; when the queue is full it either waits for room (`block`) or
-//! refuses (`fail_closed`), and counts it. Must not decide what events to write.
+//! does disk I/O here; when the queue is full it either waits for room (`block`) or
+//! refuses (`fail_closed`), and counts it. With `respond_after: durable` a response's
+//! last bytes wait for its event's log receipt. Must not decide what events to write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tally_events::log::{EventLog, Receipt};
 use tally_events::{Event, codec};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{EventQueueConfig, WhenFull};
+use crate::config::{EventQueueConfig, RespondAfter, WhenFull};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{EnforcerMetrics, FnKind, FnMetric};
 
@@ -28,13 +30,25 @@ pub struct SinkStats {
     pub dropped: AtomicU64,
     /// The latest append failed (cleared by the next one that succeeds).
     pub failing: AtomicBool,
+    /// Responses that completed without their event known durable: the log refused it
+    /// or did not make it durable within `durable_wait_ms`.
+    pub durable_misses: AtomicU64,
+}
+
+/// An event in the queue, with where to send its receipt when the caller waits for it.
+#[derive(Debug)]
+struct Queued {
+    event: Event,
+    ack: Option<oneshot::Sender<Receipt>>,
 }
 
 /// Handle for emitting events; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct EventSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
     when_full: WhenFull,
+    respond_after: RespondAfter,
+    durable_wait: Duration,
     stats: Arc<SinkStats>,
     metrics: Arc<EnforcerMetrics>,
 }
@@ -57,14 +71,14 @@ impl EventSink {
         config: &EventQueueConfig,
         metrics: Arc<EnforcerMetrics>,
     ) -> (EventSink, SinkTask) {
-        let (tx, mut rx) = mpsc::channel::<Event>(config.capacity.max(1));
+        let (tx, mut rx) = mpsc::channel::<Queued>(config.capacity.max(1));
         let stats = Arc::new(SinkStats::default());
         let task_stats = stats.clone();
         let task_metrics = metrics.clone();
         let handle = tokio::spawn(async move {
             let mut last: Option<Receipt> = None;
             let mut buf = Vec::with_capacity(1024);
-            while let Some(event) = rx.recv().await {
+            while let Some(Queued { event, ack }) = rx.recv().await {
                 buf.clear();
                 codec::encode_into(&event, &mut buf);
                 match log.append(&event.header().tenant, &buf) {
@@ -72,6 +86,9 @@ impl EventSink {
                         task_stats.appended.fetch_add(1, Ordering::Relaxed);
                         task_stats.failing.store(false, Ordering::Relaxed);
                         task_metrics.record_event(&event);
+                        if let Some(ack) = ack {
+                            let _ = ack.send(r.clone());
+                        }
                         last = Some(r);
                     }
                     Err(e) => {
@@ -88,6 +105,8 @@ impl EventSink {
             EventSink {
                 tx,
                 when_full: config.when_full,
+                respond_after: config.respond_after,
+                durable_wait: Duration::from_millis(config.durable_wait_ms),
                 stats,
                 metrics,
             },
@@ -98,7 +117,7 @@ impl EventSink {
     /// Queue an event. With `block` this waits for room; with `fail_closed` a full queue
     /// is an error (the caller answers 503).
     pub async fn emit(&self, event: Event) -> Result<(), ProxyError> {
-        match self.tx.try_send(event) {
+        match self.tx.try_send(Queued { event, ack: None }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(event)) => {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -117,10 +136,56 @@ impl EventSink {
     /// Queue an event that must not be refused (it records work already done): waits
     /// for room whatever `when_full` says.
     pub async fn emit_always(&self, event: Event) {
-        if let Err(e) = self.tx.send(event).await {
+        if let Err(e) = self.tx.send(Queued { event, ack: None }).await {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event_id = %e.0.header().event_id, "event sink closed; event not written");
+            tracing::error!(event_id = %e.0.event.header().event_id, "event sink closed; event not written");
         }
+    }
+
+    /// Queue an event that must not be refused and, with `respond_after: durable`, wait
+    /// until the log made it durable (at most `durable_wait_ms`): call it before the
+    /// last bytes of the response it records go out. Whether the event is known durable
+    /// (always `true` with `respond_after: queued`, where nothing is awaited).
+    pub async fn emit_durable(&self, event: Event) -> bool {
+        if self.respond_after == RespondAfter::Queued {
+            self.emit_always(event).await;
+            return true;
+        }
+        let event_id = event.header().event_id;
+        let (ack, receipt) = oneshot::channel();
+        if let Err(e) = self
+            .tx
+            .send(Queued {
+                event,
+                ack: Some(ack),
+            })
+            .await
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(event_id = %e.0.event.header().event_id, "event sink closed; event not written");
+            return false;
+        }
+        let durable = tokio::time::timeout(self.durable_wait, async {
+            match receipt.await {
+                Ok(r) => r.durable().await.is_ok(),
+                // The log refused the event (already logged and counted by the task).
+                Err(_) => false,
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !durable {
+            self.stats.durable_misses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%event_id, code = "event_log.not_durable",
+                "response completed before its usage event was durable in the log");
+        }
+        durable
+    }
+
+    /// Whether responses wait for their usage event to be durable
+    /// (`respond_after: durable`).
+    pub fn durable_responses(&self) -> bool {
+        self.respond_after == RespondAfter::Durable
     }
 
     /// Whether the queue currently has room (for fail-closed admission).
@@ -181,13 +246,18 @@ impl EventSink {
             "Events dropped because the event sink was already shut down",
             stat(|s| &s.dropped),
         );
+        registry.register(
+            "responses_not_durable",
+            "Responses completed before their usage event was durable in the log (respond_after: durable)",
+            stat(|s| &s.durable_misses),
+        );
     }
 }
 
 /// See [`EventSink::health`].
 #[derive(Clone, Debug)]
 pub struct SinkHealth {
-    tx: mpsc::WeakSender<Event>,
+    tx: mpsc::WeakSender<Queued>,
     stats: Arc<SinkStats>,
 }
 

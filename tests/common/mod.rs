@@ -37,12 +37,18 @@ impl Tally {
 
     /// `tally up --dev` on an existing data directory.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Tally {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// `tally up --dev` on an existing data directory with the proxy on `listen` (a
+    /// fixed port survives restarts; the other listeners take ephemeral ports).
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Tally {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
         cmd.args([
             "up",
             "--dev",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--simulator-listen",
             "127.0.0.1:0",
             "--admin-listen",
@@ -175,4 +181,17 @@ pub fn python() -> PathBuf {
         "Python SDK clients missing: run `bash scripts/setup-test-deps.sh` (scripts/test.sh does)"
     );
     p
+}
+
+/// A daily counter must not roll over in the middle of a test: if fewer than
+/// `margin_secs` are left in the UTC day, wait until the next day has begun.
+pub fn away_from_midnight(margin_secs: i64) {
+    let secs_into_day = tally_events::Timestamp::now()
+        .as_micros()
+        .rem_euclid(86_400_000_000)
+        / 1_000_000;
+    let left = 86_400 - secs_into_day;
+    if left < margin_secs {
+        std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 2));
+    }
 }

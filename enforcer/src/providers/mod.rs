@@ -448,6 +448,24 @@ impl StreamTracker {
         }
     }
 
+    /// Whether `event` ends the stream as the provider's SDKs see it (they stop reading
+    /// there): OpenAI chat and completions `[DONE]`, the Responses API's final
+    /// `response.completed` / `.failed` / `.incomplete`, Anthropic's `message_stop`.
+    /// Gemini streams have no such event; they end with the body. Call after
+    /// [`Self::on_event`] for the same event.
+    pub fn is_terminal(&self, event: &SseEvent) -> bool {
+        match self.endpoint.provider {
+            Provider::Anthropic => event.event_type() == "message_stop",
+            Provider::Gemini => false,
+            Provider::Openai | Provider::Other => match self.endpoint.route {
+                // Those events (typed in the JSON, not always in `event:`) are the ones
+                // that complete the usage; call after `on_event`.
+                Route::Responses => self.state.complete,
+                _ => event.data.as_deref().is_some_and(|d| d.trim() == "[DONE]"),
+            },
+        }
+    }
+
     /// Usage so far; `complete` once the provider's final usage was seen.
     pub fn report(&self) -> UsageReport {
         UsageReport {

@@ -20,6 +20,15 @@ pub struct Harness {
 }
 
 pub async fn harness(tweak: impl FnOnce(&mut ProxyConfig)) -> Harness {
+    harness_with_log(tweak, |log| log as Arc<dyn EventLog>).await
+}
+
+/// [`harness`] with the proxy writing through `wrap(log)` (a log that delays or fails
+/// appends, say); the harness still reads events back from the segment log underneath.
+pub async fn harness_with_log(
+    tweak: impl FnOnce(&mut ProxyConfig),
+    wrap: impl FnOnce(Arc<SegmentLog>) -> Arc<dyn EventLog>,
+) -> Harness {
     let sim = tally_simulator::spawn(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -34,7 +43,7 @@ pub async fn harness(tweak: impl FnOnce(&mut ProxyConfig)) -> Harness {
         ..LogConfig::default()
     };
     let log = Arc::new(SegmentLog::open(dir.path(), &log_cfg).unwrap());
-    let (sink, _task) = EventSink::start(log.clone() as Arc<dyn EventLog>, &cfg.event_queue);
+    let (sink, _task) = EventSink::start(wrap(log.clone()), &cfg.event_queue);
     let state = Arc::new(ProxyState::new(cfg, "test-gw".into(), sink).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}", listener.local_addr().unwrap());
