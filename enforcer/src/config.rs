@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     pub unknown_paths: UnknownPaths,
     /// Largest request body accepted, bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted, bytes; larger heads
+    /// are refused (HTTP/1.1: 431; HTTP/2: the stream is reset). At least 8192.
+    pub max_header_bytes: usize,
     /// Largest non-streaming response body parsed for usage, bytes.
     pub max_response_bytes: usize,
     /// When the client disconnects mid-stream: `drain` reads the upstream to the end to
@@ -91,6 +94,7 @@ impl Default for ProxyConfig {
             dev_keys: false,
             unknown_paths: UnknownPaths::Deny,
             max_body_bytes: 32 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             on_client_abort: OnClientAbort::Drain,
             drain_timeout_ms: 30_000,

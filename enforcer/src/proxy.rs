@@ -122,6 +122,8 @@ pub(crate) fn error_response(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // The stable code, whatever the provider's error format has room for.
+    h.insert("x-tally-error-code", HeaderValue::from_static(kind.code()));
     stamp(h, request_id, started.elapsed());
     resp
 }

@@ -23,8 +23,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(256 * 1024);
-    builder.http2().max_concurrent_streams(1024);
+    let max_head = state.config.max_header_bytes.max(8192);
+    builder.http1().max_buf_size(max_head);
+    builder
+        .http2()
+        .max_concurrent_streams(1024)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -43,6 +43,11 @@ impl Tally {
     /// `tally up --dev` on an existing data directory with the proxy on `listen` (a
     /// fixed port survives restarts; the other listeners take ephemeral ports).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Tally {
+        Self::start_with(data_dir, listen, extra, Stdio::inherit())
+    }
+
+    /// [`Tally::start_on`] with the process's stderr (its logs) going to `stderr`.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> Tally {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
         cmd.args([
             "up",
@@ -65,7 +70,7 @@ impl Tally {
         .env_remove("TALLY_CONFIG")
         .current_dir(data_dir.parent().unwrap_or(Path::new("/")))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
         let mut child = cmd.spawn().expect("spawn tally");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
