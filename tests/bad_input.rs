@@ -85,6 +85,7 @@ fn bad_requests_get_stable_codes_and_the_proxy_keeps_serving() {
         "127.0.0.1:0",
         &["--config", config.to_str().unwrap()],
         Stdio::from(std::fs::File::create(&log_path).unwrap()),
+        &[],
     );
     let addr = t.proxy.trim_start_matches("http://").to_owned();
     let openai = "Authorization: Bearer dev-acme-bad";

@@ -43,11 +43,18 @@ impl Tally {
     /// `tally up --dev` on an existing data directory with the proxy on `listen` (a
     /// fixed port survives restarts; the other listeners take ephemeral ports).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Tally {
-        Self::start_with(data_dir, listen, extra, Stdio::inherit())
+        Self::start_with(data_dir, listen, extra, Stdio::inherit(), &[])
     }
 
-    /// [`Tally::start_on`] with the process's stderr (its logs) going to `stderr`.
-    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> Tally {
+    /// [`Tally::start_on`] with the process's stderr (its logs) going to `stderr`, and
+    /// `envs` added to its environment (`TALLY_LOG_FILTER` is `warn` unless set there).
+    pub fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        stderr: Stdio,
+        envs: &[(&str, &str)],
+    ) -> Tally {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
         cmd.args([
             "up",
@@ -67,6 +74,7 @@ impl Tally {
         .arg(data_dir)
         .args(extra)
         .env("TALLY_LOG_FILTER", "warn")
+        .envs(envs.iter().copied())
         .env_remove("TALLY_CONFIG")
         .current_dir(data_dir.parent().unwrap_or(Path::new("/")))
         .stdout(Stdio::piped())
