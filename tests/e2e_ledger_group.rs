@@ -90,6 +90,17 @@ impl LedgerProcess {
         owned
     }
 
+    /// The admin address it printed.
+    fn admin(&mut self) -> Option<String> {
+        self.drain();
+        self.seen.iter().find_map(|l| {
+            l.strip_prefix("tally ledger admin on ")?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+    }
+
     /// Every partition this process was ever assigned.
     fn ever_assigned(&mut self) -> BTreeSet<u32> {
         self.drain();
@@ -248,6 +259,19 @@ fn two_ledgers_in_one_group_one_killed_store_every_event_exactly_once() {
         a.owned().len() == PARTITIONS as usize
     });
     println!("a owns every partition at {:?}", started.elapsed());
+    // Ready once every partition's ledger runs; the group check lists them.
+    let readyz = format!("{}/readyz", a.admin().expect("admin address printed"));
+    let mut body = String::new();
+    wait_for("a to be ready", deadline, || {
+        let Ok(r) = reqwest::blocking::get(&readyz) else {
+            return false;
+        };
+        let ok = r.status() == 200;
+        body = r.text().unwrap_or_default();
+        ok
+    });
+    assert!(body.contains("partitions [0, 1, 2, 3]"), "{body}");
+    assert_eq!(body.matches("running").count(), 4, "{body}");
     let during = producer.join().unwrap();
     produced.usage += during.usage;
     produced.decisions += during.decisions;
