@@ -3,7 +3,8 @@
 //! exactly as appended (value = the encoded event, key = tenant, no headers), the
 //! idempotent producer keeps order without duplicates under injected request errors,
 //! receipts fail with a clear cause when the brokers are gone, and consumer group
-//! members share partitions and start where the caller says.
+//! members share partitions and start where the caller says (or, as members for the
+//! assignment only, fetch nothing and take over a leaving member's partitions).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -308,5 +309,74 @@ fn group_members_share_partitions_and_start_at_the_callers_positions() {
         );
         // Committed offsets are a hint only; committing them must work for group members.
         a.commit_hint(&[Position::new(0, 10)]).unwrap();
+    });
+}
+
+#[test]
+fn members_for_the_assignment_only_share_the_partitions_and_fetch_nothing() {
+    within(Duration::from_secs(40), || {
+        let c = cluster(4);
+        let log = KafkaLog::open(&c.config).unwrap();
+        let (receipts, _) = append_round_robin(&log, 60);
+        for r in receipts {
+            r.wait().unwrap();
+        }
+        // A member that goes away is noticed within the session timeout (45 s by default).
+        let mut config = c.config.clone();
+        for (k, v) in [
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+        ] {
+            config.properties.insert(k.into(), v.into());
+        }
+        let a = KafkaReader::join_group_for_assignment(&config, "ledgers").unwrap();
+        let b = KafkaReader::join_group_for_assignment(&config, "ledgers").unwrap();
+        let mut fetched = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (sa, sb) = loop {
+            for reader in [&a, &b] {
+                fetched += reader.poll(100, Duration::from_millis(100)).unwrap().len();
+            }
+            let (sa, sb): (BTreeSet<u32>, BTreeSet<u32>) = (
+                a.assignment().into_iter().collect(),
+                b.assignment().into_iter().collect(),
+            );
+            if !sa.is_empty() && !sb.is_empty() && sa.is_disjoint(&sb) && sa.len() + sb.len() == 4 {
+                break (sa, sb);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group did not settle: {sa:?} {sb:?}"
+            );
+        };
+        // Settled: keep polling a while; the paused partitions deliver nothing.
+        for _ in 0..10 {
+            for reader in [&a, &b] {
+                fetched += reader.poll(100, Duration::from_millis(100)).unwrap().len();
+            }
+        }
+        assert_eq!(fetched, 0, "a member for the assignment fetched records");
+        let assigned: BTreeSet<u32> = a
+            .take_rebalance_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                RebalanceEvent::Assigned(p) => Some(p),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(assigned.is_superset(&sa), "{assigned:?} {sa:?}");
+        // One member leaves: the other is given every partition.
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.assignment().len() < 4 {
+            assert_eq!(a.poll(100, Duration::from_millis(100)).unwrap().len(), 0);
+            assert!(
+                Instant::now() < deadline,
+                "the remaining member did not take over {sb:?}: {:?}",
+                a.assignment()
+            );
+        }
+        a.commit_hint(&[Position::new(0, 3)]).unwrap();
     });
 }

@@ -39,6 +39,11 @@ pub enum LedgerError {
     },
 
     #[error(
+        "ledger.source_moved: another ledger committed source `{app_id}` to table `{table}` since this ledger read its position (two ledgers own one Kafka partition for a moment during a rebalance, or two ledgers share a source name). This ledger's batch was not committed; it resumes from the position the other recorded, so nothing is written twice. If this keeps happening, run the ledgers of one topic in one consumer group (kafka.group) and give every other source its own ledger.source_name"
+    )]
+    SourceMoved { table: &'static str, app_id: String },
+
+    #[error(
         "ledger.log: reading the event log failed: {0}. The ledger retries; check the log directory (or Kafka) is readable"
     )]
     Log(#[source] LogError),
@@ -107,6 +112,7 @@ impl LedgerError {
             LedgerError::TablesUri { .. } => "ledger.tables_uri",
             LedgerError::Storage { .. } => "ledger.storage",
             LedgerError::Commit { .. } => "ledger.commit",
+            LedgerError::SourceMoved { .. } => "ledger.source_moved",
             LedgerError::Log(_) => "ledger.log",
             LedgerError::PositionRange { .. } => "ledger.position",
             LedgerError::BadTxnVersion { .. } => "ledger.txn",

@@ -175,6 +175,10 @@ struct TableState {
     /// Every event of this table before this position is committed (or a duplicate):
     /// records before it are skipped. At least `committed`.
     covered: Position,
+    /// The position of this ledger's latest commit attempt (its outcome may be unknown):
+    /// a recorded position that is neither this nor `committed` was written by another
+    /// ledger of the same source.
+    attempted: Option<Position>,
     last_commit: Instant,
     due: Due,
 }
@@ -366,6 +370,28 @@ async fn read_log(
         .map_err(LedgerError::from)
 }
 
+/// The dedupe set rebuilt from the ids the tables hold within the horizon.
+async fn load_dedupe(
+    config: &LedgerConfig,
+    states: &[TableState],
+) -> Result<DedupeSet, LedgerError> {
+    let mut dedupe = DedupeSet::new(config.dedupe_horizon());
+    let now = Timestamp::now();
+    let cutoff = dedupe.cutoff_ms(now);
+    // One extra day: an id's time and its row's `occurred_at` may differ slightly.
+    let since_day =
+        Timestamp::from_micros(cutoff.saturating_sub(86_400_000).saturating_mul(1000)).utc_day();
+    for s in states {
+        let ids = tables::event_ids_since(&s.delta, s.table, &since_day).await?;
+        dedupe.extend(
+            ids.iter()
+                .map(|(id, at)| dedupe_key(id, *at))
+                .filter(|k| k.0 >= cutoff),
+        );
+    }
+    Ok(dedupe)
+}
+
 impl Ledger {
     /// Open the ledger: create missing tables under `tables_root` (a path or URI), read
     /// each table's committed position, and rebuild the dedupe set from the ids committed
@@ -395,6 +421,7 @@ impl Ledger {
                 delta,
                 committed,
                 covered: committed.unwrap_or(Position::START),
+                attempted: None,
                 last_commit: Instant::now(),
                 due: Due::default(),
             });
@@ -405,21 +432,7 @@ impl Ledger {
             .min()
             .unwrap_or(Position::START);
 
-        let mut dedupe = DedupeSet::new(config.dedupe_horizon());
-        let now = Timestamp::now();
-        let cutoff = dedupe.cutoff_ms(now);
-        // One extra day: an id's time and its row's `occurred_at` may differ slightly.
-        let since_day =
-            Timestamp::from_micros(cutoff.saturating_sub(86_400_000).saturating_mul(1000))
-                .utc_day();
-        for s in &states {
-            let ids = tables::event_ids_since(&s.delta, s.table, &since_day).await?;
-            dedupe.extend(
-                ids.iter()
-                    .map(|(id, at)| dedupe_key(id, *at))
-                    .filter(|k| k.0 >= cutoff),
-            );
-        }
+        let dedupe = load_dedupe(&config, &states).await?;
         tracing::info!(
             tables_uri = %root.uri(),
             app_id,
@@ -603,9 +616,10 @@ impl Ledger {
         self.confirm().await?;
         let retention = retention.unwrap_or_else(|| self.config.vacuum_retention());
         let mut out = Vec::new();
-        for s in &mut self.tables {
+        for i in 0..self.tables.len() {
+            let s = &self.tables[i];
             let (delta, summary) = maintenance::vacuum(s.delta.clone(), s.table, retention).await?;
-            s.delta = delta;
+            self.adopt(i, delta).await?;
             out.push(summary);
         }
         self.last_vacuum = Some(Instant::now());
@@ -930,6 +944,7 @@ impl Ledger {
         files: TableFiles,
         end: Position,
     ) -> Result<HashMap<i32, u64>, LedgerError> {
+        self.tables[i].attempted = Some(end);
         let s = &self.tables[i];
         let table = s.table;
         let result = match files {
@@ -973,21 +988,22 @@ impl Ledger {
                 self.shared.state.lock().counters.data_commits += 1;
                 Ok(files_per_day)
             }
-            Err(e) => Err(self.failed(e)),
+            Err(e) => Err(self.commit_failed(i, e)),
         }
     }
 
     /// Record the table's covered position without data.
     async fn commit_position(&mut self, i: usize) -> Result<(), LedgerError> {
+        let end = self.tables[i].covered;
+        self.tables[i].attempted = Some(end);
         let s = &self.tables[i];
-        let end = s.covered;
         match tables::record_position(s.delta.clone(), s.table, &self.app_id, end).await {
             Ok(delta) => {
                 self.committed(i, delta, end).await;
                 self.shared.state.lock().counters.position_commits += 1;
                 Ok(())
             }
-            Err(e) => Err(self.failed(e)),
+            Err(e) => Err(self.commit_failed(i, e)),
         }
     }
 
@@ -1013,6 +1029,37 @@ impl Ledger {
         }
     }
 
+    /// Take `delta`, a newer state of table `i` read outside this ledger's own commits
+    /// (after compaction, vacuum or a refresh), as the base of its next commit. A Delta
+    /// commit conflicts with another commit of the same app id only if that commit is
+    /// newer than the state it is built on, so a newer state must still record this
+    /// ledger's own position for the source: if another ledger committed the source
+    /// meanwhile, the batch is dropped and the tables are re-read before anything is
+    /// written (see [`Ledger::confirm`]).
+    async fn adopt(&mut self, i: usize, delta: DeltaTable) -> Result<(), LedgerError> {
+        let table = self.tables[i].table;
+        let recorded = tables::committed_position(&delta, table, &self.app_id).await?;
+        let s = &mut self.tables[i];
+        if recorded == s.committed {
+            s.delta = delta;
+            return Ok(());
+        }
+        // Keep the old state as the commit base until the reload replaces it.
+        self.batch = Batch::default();
+        self.prefetch = None;
+        self.needs_reload = true;
+        Ok(())
+    }
+
+    /// A commit of table `i` failed: refused in favour of another ledger's commit of the
+    /// source (so certainly not made), or with an unknown outcome.
+    fn commit_failed(&mut self, i: usize, e: LedgerError) -> LedgerError {
+        if matches!(e, LedgerError::SourceMoved { .. }) {
+            self.tables[i].attempted = None;
+        }
+        self.failed(e)
+    }
+
     /// A commit failed (or its outcome is unknown): drop the batch and re-read the
     /// tables before writing again, then resume from what they record.
     fn failed(&mut self, e: LedgerError) -> LedgerError {
@@ -1028,6 +1075,7 @@ impl Ledger {
         if !self.needs_reload {
             return Ok(());
         }
+        let (mut moved, mut changed) = (false, false);
         for s in &mut self.tables {
             s.delta
                 .update_state()
@@ -1037,8 +1085,30 @@ impl Ledger {
                     source: e.into(),
                 })?;
             let committed = tables::committed_position(&s.delta, s.table, &self.app_id).await?;
+            if committed != s.committed && committed != s.attempted {
+                tracing::warn!(
+                    table = s.table.name(),
+                    app_id = %self.app_id,
+                    recorded = ?committed,
+                    this_ledger = ?s.committed,
+                    "another ledger committed this source (two owners of its partition for a moment): resuming from the position it recorded"
+                );
+                moved = true;
+            }
+            changed |= committed != s.committed;
             s.committed = committed;
             s.covered = committed.unwrap_or(Position::START);
+            s.attempted = None;
+        }
+        if changed {
+            // Events committed meanwhile (by another ledger, or by this one's commit
+            // whose success it did not see) are in the tables but not in the dedupe
+            // set: rebuild it, so a copy of one of them later in the log is still
+            // dropped.
+            self.dedupe = load_dedupe(&self.config, &self.tables).await?;
+        }
+        if moved {
+            self.shared.state.lock().counters.source_moved += 1;
         }
         self.read_pos = self
             .tables
@@ -1068,10 +1138,10 @@ impl Ledger {
     }
 
     async fn optimize_one(&mut self, i: usize) -> Result<OptimizeSummary, LedgerError> {
-        let s = &mut self.tables[i];
+        let s = &self.tables[i];
         let (delta, summary) = maintenance::optimize(s.delta.clone(), s.table).await?;
-        s.delta = delta;
-        s.due.optimized();
+        self.adopt(i, delta).await?;
+        self.tables[i].due.optimized();
         self.shared.state.lock().counters.optimize_runs += 1;
         self.publish();
         Ok(summary)
@@ -1172,14 +1242,20 @@ impl Ledger {
             }
         }
         // Pick up the maintenance commits (the next append would rebase anyway).
-        if !self.needs_reload {
-            for s in &mut self.tables {
-                if let Err(e) = s.delta.update_state().await {
-                    tracing::warn!(table = s.table.name(), error = %e, "refreshing table state");
-                }
+        for i in 0..self.tables.len() {
+            if self.needs_reload {
+                break;
             }
-            self.publish();
+            let mut delta = self.tables[i].delta.clone();
+            if let Err(e) = delta.update_state().await {
+                tracing::warn!(table = self.tables[i].table.name(), error = %e, "refreshing table state");
+                continue;
+            }
+            if let Err(e) = self.adopt(i, delta).await {
+                tracing::warn!(code = e.code(), error = %e, "refreshing table state");
+            }
         }
+        self.publish();
     }
 
     /// Publish the tables' state and counters to handles.

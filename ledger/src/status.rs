@@ -85,6 +85,11 @@ pub struct LedgerCounters {
     pub position_commits: u64,
     /// Commits that failed (and were retried from the log).
     pub failed_commits: u64,
+    /// Times another ledger was found to have committed this source's position (two
+    /// owners of one Kafka partition during a rebalance): the batch in hand was dropped
+    /// and reading resumed from the position that ledger recorded.
+    #[serde(default)]
+    pub source_moved: u64,
     /// Delta checkpoints written.
     pub checkpoints: u64,
     /// Compactions run.

@@ -10,7 +10,9 @@ use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, TimestampMicrosecondType};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
@@ -157,6 +159,24 @@ pub(crate) async fn committed_position(
     }
 }
 
+/// The error of a failed commit: refused because a commit of the same app id (another
+/// ledger of this source) is newer than the state it was built on, or another failure.
+fn commit_error(table: Table, rows: u64, app_id: &str, e: DeltaTableError) -> LedgerError {
+    match e {
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+        } => LedgerError::SourceMoved {
+            table: table.name(),
+            app_id: app_id.to_owned(),
+        },
+        e => LedgerError::Commit {
+            table: table.name(),
+            rows: usize::try_from(rows).unwrap_or(usize::MAX),
+            source: cause(e),
+        },
+    }
+}
+
 fn commit_properties(app_id: &str, end: Position) -> Result<CommitProperties, LedgerError> {
     let txn = Transaction::new_with_last_update(
         app_id,
@@ -191,11 +211,7 @@ pub(crate) async fn append(
         .with_writer_properties(writer_properties())
         .with_commit_properties(commit_properties(app_id, end)?)
         .await
-        .map_err(|e| LedgerError::Commit {
-            table: table.name(),
-            rows,
-            source: cause(e),
-        })
+        .map_err(|e| commit_error(table, rows as u64, app_id, e))
 }
 
 /// Add the files written for the rows up to `end` (see `files`) and record `end` as the
@@ -208,11 +224,7 @@ pub(crate) async fn commit_files(
     app_id: &str,
     end: Position,
 ) -> Result<DeltaTable, LedgerError> {
-    let err = |e: DeltaTableError| LedgerError::Commit {
-        table: table.name(),
-        rows: usize::try_from(rows).unwrap_or(usize::MAX),
-        source: cause(e),
-    };
+    let err = |e: DeltaTableError| commit_error(table, rows, app_id, e);
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
@@ -238,11 +250,7 @@ pub(crate) async fn record_position(
     app_id: &str,
     end: Position,
 ) -> Result<DeltaTable, LedgerError> {
-    let err = |e: DeltaTableError| LedgerError::Commit {
-        table: table.name(),
-        rows: 0,
-        source: cause(e),
-    };
+    let err = |e: DeltaTableError| commit_error(table, 0, app_id, e);
     let operation = DeltaOperation::StreamingUpdate {
         output_mode: OutputMode::Append,
         query_id: app_id.to_owned(),

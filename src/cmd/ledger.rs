@@ -1,5 +1,6 @@
 //! `tally ledger`: run the materializer as its own process (split mode; from the local
-//! log, or from Kafka with one ledger per partition), compact and
+//! log, or from Kafka with one ledger per partition: as a member of the ledgers'
+//! consumer group in `ledger_group`, or every partition at once with `--once`), compact and
 //! vacuum the tables, and show lag, last commit and size of each table. Wiring only: the
 //! work is `tally_ledger::Ledger`.
 
@@ -19,11 +20,17 @@ use crate::config::TallyConfig;
 pub(crate) enum LedgerCommand {
     /// Materialize the event log into the Delta tables until Ctrl-C / SIGTERM, as its own
     /// process (one ledger per log and tables root: `tally up` runs its own). With
-    /// `kafka:` configured it reads the topic, one ledger per partition. On a stop
-    /// signal the batch in hand is committed; anything later is committed on the next
-    /// start, and a crash at any moment neither loses nor duplicates an event.
+    /// `kafka:` configured it joins the ledgers' consumer group (`kafka.group`) and
+    /// materializes the partitions the group assigns to it, one ledger per partition,
+    /// each resuming from the position the tables record; run several for more
+    /// throughput (up to one per partition). On a stop signal the batch in hand is
+    /// committed; anything later is committed on the next start (or by the process that
+    /// takes the partition over), and a crash at any moment neither loses nor duplicates
+    /// an event.
     Run {
-        /// Catch up to the log's end as of now (with progress), then exit.
+        /// Catch up to the log's end as of now (with progress), then exit. With Kafka:
+        /// every partition up to its high watermark, in this process, without joining
+        /// the consumer group.
         #[arg(long)]
         once: bool,
         /// Listen address of `/healthz` and `/readyz` while running (overrides
@@ -71,18 +78,15 @@ pub(crate) async fn partition_ledgers(
     .await?
     .context("reading the topic's partitions")?;
     Ok((0..partitions)
-        .map(|p| {
-            let mut config = cfg.ledger.clone();
-            config.source_name = format!("{}.p{p}", cfg.ledger.source_name);
-            (p, config)
-        })
+        .map(|p| (p, super::ledger_group::partition_config(cfg, p)))
         .collect())
 }
 
-/// The Kafka-fed ledger: one [`Ledger`] per partition of the topic, each with its own
-/// source name `<ledger.source_name>.p<N>` (so its positions are its own app
-/// transaction in every table), all committing to the same tables. `once`: catch every
-/// partition up to its high watermark as of now, then exit.
+/// The Kafka-fed ledger: one [`Ledger`] per partition, each with its own source name
+/// `<ledger.source_name>.p<N>` (so its positions are its own app transaction in every
+/// table), all committing to the same tables. Running: a member of the ledgers' consumer
+/// group, for the partitions the group assigns (`ledger_group`). `once`: every partition
+/// of the topic, caught up to its high watermark as of now, then exit.
 async fn run_kafka(
     cfg: &TallyConfig,
     once: bool,
@@ -91,6 +95,9 @@ async fn run_kafka(
     let Some(kafka) = &cfg.kafka else {
         anyhow::bail!("config.invalid: no kafka: section");
     };
+    if !once {
+        return super::ledger_group::run(cfg, kafka, admin_listen).await;
+    }
     let per_partition = partition_ledgers(cfg, kafka).await?;
     let partitions = per_partition.len();
     let root = cfg.tables_root();
@@ -110,32 +117,50 @@ async fn run_kafka(
         "tally ledger: kafka {} topic {} ({partitions} partition(s)) -> {root}",
         kafka.brokers, kafka.topic
     );
-    if once {
-        let mut totals = [0u64; 3];
-        for (p, ledger) in ledgers.iter_mut().enumerate() {
-            let s = ledger
-                .catch_up(|done, total| {
-                    eprint!("\rpartition {p}: {done}/{total} records   ");
-                    let _ = std::io::stderr().flush();
-                })
-                .await?;
-            eprintln!();
-            for (t, n) in totals.iter_mut().zip(s.rows) {
-                *t += n;
-            }
+    let mut totals = [0u64; 3];
+    for (p, ledger) in ledgers.iter_mut().enumerate() {
+        let s = ledger
+            .catch_up(|done, total| {
+                eprint!("\rpartition {p}: {done}/{total} records   ");
+                let _ = std::io::stderr().flush();
+            })
+            .await?;
+        eprintln!();
+        for (t, n) in totals.iter_mut().zip(s.rows) {
+            *t += n;
         }
-        println!(
-            "committed {} usage, {} decision and {} correction event(s) from {partitions} partition(s)",
-            totals[0], totals[1], totals[2]
-        );
-        return Ok(());
     }
-    let labelled = ledgers
-        .into_iter()
-        .enumerate()
-        .map(|(p, l)| (format!("partition {p}"), l))
-        .collect();
-    run_until_signal(cfg, labelled, admin_listen).await
+    println!(
+        "committed {} usage, {} decision and {} correction event(s) from {partitions} partition(s)",
+        totals[0], totals[1], totals[2]
+    );
+    Ok(())
+}
+
+/// The admin listener of `tally ledger run` (`/healthz`, `/readyz`). An explicit
+/// `--admin-listen` must bind; the configured default may be taken by a `tally up` on
+/// the same host, and then the ledger runs without probes.
+pub(crate) async fn bind_admin(
+    cfg: &TallyConfig,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>> {
+    let listen = admin_listen.unwrap_or(cfg.admin.listen);
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => {
+            println!(
+                "tally ledger admin on http://{} (/healthz, /readyz)",
+                l.local_addr()?
+            );
+            Ok(Some(l))
+        }
+        Err(e) if admin_listen.is_none() => {
+            tracing::warn!(%listen, error = %e, "admin.bind: no /healthz and /readyz (pass --admin-listen to choose an address)");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "admin.bind: cannot listen on {listen}: {e}"
+        )),
+    }
 }
 
 /// Run `ledgers` until SIGTERM / Ctrl-C, serving `/healthz` and `/readyz` on the admin
@@ -145,27 +170,7 @@ async fn run_until_signal(
     ledgers: Vec<(String, Ledger)>,
     admin_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
-    // An explicit --admin-listen must bind; the configured default may be taken by a
-    // `tally up` on the same host, and then the ledger runs without probes.
-    let listen = admin_listen.unwrap_or(cfg.admin.listen);
-    let admin = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => {
-            println!(
-                "tally ledger admin on http://{} (/healthz, /readyz)",
-                l.local_addr()?
-            );
-            Some(l)
-        }
-        Err(e) if admin_listen.is_none() => {
-            tracing::warn!(%listen, error = %e, "admin.bind: no /healthz and /readyz (pass --admin-listen to choose an address)");
-            None
-        }
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "admin.bind: cannot listen on {listen}: {e}"
-            ));
-        }
-    };
+    let admin = bind_admin(cfg, admin_listen).await?;
     let stop = tokio::sync::watch::channel(false);
     let mut probes = Vec::new();
     let mut tasks = Vec::new();

@@ -7,6 +7,7 @@ pub(crate) mod enforcer;
 pub(crate) mod export;
 pub(crate) mod keys;
 pub(crate) mod ledger;
+pub(crate) mod ledger_group;
 pub(crate) mod log;
 pub(crate) mod policy;
 pub(crate) mod query;

@@ -5,6 +5,7 @@
 mod crash;
 mod external;
 mod features;
+mod owners;
 mod roundtrip;
 mod s3;
 pub(crate) mod support;

@@ -35,6 +35,11 @@ pub struct KafkaConfig {
     pub replication_factor: u16,
     /// Client id reported to the brokers.
     pub client_id: String,
+    /// Consumer group of the `tally ledger run` processes: ledgers in one group share the
+    /// topic's partitions, each partition materialized by one of them at a time. The
+    /// group's committed Kafka offsets are only a hint for tools; where a ledger resumes
+    /// is the position recorded in the Delta tables.
+    pub group: String,
     /// Budget for one record to be acknowledged by the brokers (librdkafka
     /// `message.timeout.ms`); past it the delivery fails (and the spool takes it).
     pub produce_timeout_ms: u64,
@@ -56,6 +61,7 @@ impl Default for KafkaConfig {
             partitions: 12,
             replication_factor: 1,
             client_id: "tally".into(),
+            group: "tally-ledger".into(),
             produce_timeout_ms: 30_000,
             read_timeout_ms: 5_000,
             properties: BTreeMap::new(),
@@ -113,6 +119,9 @@ impl KafkaConfig {
         }
         if self.topic.trim().is_empty() {
             return bad("kafka.topic is empty".into());
+        }
+        if self.group.trim().is_empty() {
+            return bad("kafka.group is empty; name the ledgers' consumer group".into());
         }
         if self.partitions == 0 || self.partitions > i32::MAX as u32 {
             return bad(format!(

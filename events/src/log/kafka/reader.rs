@@ -1,7 +1,9 @@
 //! [`KafkaReader`]: a partition-aware consumer of the event topic for the ledger and for
 //! enforcers folding in other instances' usage. Either assigned explicitly (positions
-//! the caller keeps) or a consumer group member whose newly assigned partitions start
-//! from positions the caller supplies. Owns rebalance bookkeeping; must not commit
+//! the caller keeps), a consumer group member whose newly assigned partitions start
+//! from positions the caller supplies, or a group member that only takes part in the
+//! assignment and fetches nothing (its owner reads the partitions it is given through
+//! readers of its own). Owns rebalance bookkeeping; must not commit
 //! offsets on its own: Kafka's committed offsets are only a hint, the caller's positions
 //! (kept in its own commits) are the truth.
 
@@ -38,6 +40,8 @@ pub enum RebalanceEvent {
 struct ReaderContext {
     topic: String,
     start: Option<StartPositions>,
+    /// Pause partitions as they are assigned (a member for the assignment only).
+    pause_assigned: bool,
     assigned: Mutex<BTreeSet<u32>>,
     events: Mutex<Vec<RebalanceEvent>>,
 }
@@ -72,6 +76,13 @@ impl ConsumerContext for ReaderContext {
                             "assigning start positions: {e}"
                         )));
                     }
+                }
+                if self.pause_assigned
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    self.events.lock().push(RebalanceEvent::Error(format!(
+                        "pausing assigned partitions: {e}"
+                    )));
                 }
                 self.assigned.lock().extend(parts.iter().copied());
                 self.events.lock().push(RebalanceEvent::Assigned(parts));
@@ -117,11 +128,13 @@ impl KafkaReader {
         config: &KafkaConfig,
         group: Option<&str>,
         start: Option<StartPositions>,
+        pause_assigned: bool,
     ) -> Result<Self, LogError> {
         config.validate()?;
         let context = ReaderContext {
             topic: config.topic.clone(),
             start,
+            pause_assigned,
             assigned: Mutex::new(BTreeSet::new()),
             events: Mutex::new(Vec::new()),
         };
@@ -139,7 +152,7 @@ impl KafkaReader {
 
     /// A reader without a group: call [`KafkaReader::assign`] with the positions to read.
     pub fn standalone(config: &KafkaConfig) -> Result<Self, LogError> {
-        Self::create(config, None, None)
+        Self::create(config, None, None, false)
     }
 
     /// A member of consumer group `group` sharing the topic's partitions with the other
@@ -149,7 +162,22 @@ impl KafkaReader {
         group: &str,
         start: StartPositions,
     ) -> Result<Self, LogError> {
-        let reader = Self::create(config, Some(group), Some(start))?;
+        let reader = Self::create(config, Some(group), Some(start), false)?;
+        reader
+            .consumer
+            .subscribe(&[&reader.topic])
+            .map_err(|e| log_error("joining the consumer group", &e))?;
+        Ok(reader)
+    }
+
+    /// A member of consumer group `group` that only takes part in the assignment: the
+    /// partitions assigned to it are paused at once, so it fetches no records. Poll it
+    /// regularly (rebalances run inside [`KafkaReader::poll`], and a member that stops
+    /// polling leaves the group) and read the partitions of
+    /// [`RebalanceEvent::Assigned`] through readers of your own, from positions you
+    /// keep. Dropping it leaves the group.
+    pub fn join_group_for_assignment(config: &KafkaConfig, group: &str) -> Result<Self, LogError> {
+        let reader = Self::create(config, Some(group), None, true)?;
         reader
             .consumer
             .subscribe(&[&reader.topic])
