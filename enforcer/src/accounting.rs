@@ -112,8 +112,10 @@ impl AttemptOutcome {
             }
             None => {
                 let mut tokens = TokenCounts::default();
-                // A response that streamed text but reported nothing: estimate both sides.
-                if self.estimated_output_tokens > 0 {
+                // A response that streamed text, or a success whose usage could not be
+                // read: the provider processed (and bills) the input; estimate both sides.
+                let succeeded = self.status_code.is_some_and(|s| (200..300).contains(&s));
+                if self.input_forwarded && (self.estimated_output_tokens > 0 || succeeded) {
                     tokens.output_tokens = self.estimated_output_tokens;
                     tokens.input_tokens = ctx.estimated_input_tokens;
                 }

@@ -264,7 +264,10 @@ pub struct EventQueueConfig {
     /// Events held in memory at most.
     pub capacity: usize,
     /// When full: `block` (wait for room: back-pressure, nothing lost) or `fail_closed`
-    /// (answer 503 to new requests until there is room).
+    /// (answer 503 to new requests until there is room). `fail_closed` also refuses new
+    /// requests for a second after the event log refused an append (disk full,
+    /// read-only), then lets one through to test it again; `block` keeps serving and
+    /// counts the events it could not write.
     pub when_full: WhenFull,
     /// When a response may complete: `durable` holds the last bytes of every response
     /// (the body of a whole response; the terminal event and end of a stream) until its

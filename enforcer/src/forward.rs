@@ -476,6 +476,7 @@ async fn relay_whole(
     };
     stamp(&mut parts.headers, &attempt.id, attempt.overhead());
     // The head goes out now; the body once the usage event is written (see `finish`).
+    let body_bytes = bytes.clone();
     let (open, body) = GatedBody::new(bytes);
     let resp = Response::from_parts(parts, body.boxed());
     let delivered = send_head(head_tx, resp);
@@ -497,6 +498,14 @@ async fn relay_whole(
         if status >= 400 {
             // Providers do not bill failed requests.
             o.input_forwarded = false;
+        } else if endpoint.is_some() && !body_bytes.is_empty() {
+            // A success whose usage could not be read (a body that is not the
+            // provider's JSON): estimate the output from the text.
+            let model = attempt.ctx.model_requested.as_deref().unwrap_or("");
+            let text = String::from_utf8_lossy(
+                &body_bytes[..body_bytes.len().min(providers::MAX_TRACKED_TEXT_BYTES)],
+            );
+            o.estimated_output_tokens = providers::estimate::estimate_output_tokens(model, &text);
         }
     }
     attempt.finish(o).await;

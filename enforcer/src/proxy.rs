@@ -282,7 +282,7 @@ async fn handle_inner(
         return error_response(
             provider,
             ErrorKind::EventLog,
-            "tally cannot record usage right now (event queue full); retry shortly",
+            "tally cannot record usage right now (event queue full or event log failing); retry shortly",
             request_id,
             started,
         );

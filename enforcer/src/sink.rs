@@ -5,11 +5,11 @@
 //! last bytes wait for its event's log receipt. Must not decide what events to write.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tally_events::log::{EventLog, Receipt};
-use tally_events::{Event, codec};
+use tally_events::{Event, Timestamp, codec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -30,10 +30,16 @@ pub struct SinkStats {
     pub dropped: AtomicU64,
     /// The latest append failed (cleared by the next one that succeeds).
     pub failing: AtomicBool,
+    /// When an append last failed, microseconds since the Unix epoch.
+    pub failed_at_micros: AtomicI64,
     /// Responses that completed without their event known durable: the log refused it
     /// or did not make it durable within `durable_wait_ms`.
     pub durable_misses: AtomicU64,
 }
+
+/// With `when_full: fail_closed`, how long after a refused append new requests are
+/// refused too, microseconds.
+pub const FAILING_REFUSE_MICROS: i64 = 1_000_000;
 
 /// An event in the queue, with where to send its receipt when the caller waits for it.
 #[derive(Debug)]
@@ -93,6 +99,9 @@ impl EventSink {
                     }
                     Err(e) => {
                         task_stats.append_errors.fetch_add(1, Ordering::Relaxed);
+                        task_stats
+                            .failed_at_micros
+                            .store(Timestamp::now().as_micros(), Ordering::Relaxed);
                         task_stats.failing.store(true, Ordering::Relaxed);
                         tracing::error!(code = e.code(), error = %e, event_id = %event.header().event_id,
                             request_id = %event.header().request_id, "event log refused an event");
@@ -136,7 +145,7 @@ impl EventSink {
     /// Queue an event that must not be refused (it records work already done): waits
     /// for room whatever `when_full` says.
     pub async fn emit_always(&self, event: Event) {
-        if let Err(e) = self.tx.send(Queued { event, ack: None }).await {
+        if let Err(e) = self.queue_waiting(Queued { event, ack: None }).await {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(event_id = %e.0.event.header().event_id, "event sink closed; event not written");
         }
@@ -154,8 +163,7 @@ impl EventSink {
         let event_id = event.header().event_id;
         let (ack, receipt) = oneshot::channel();
         if let Err(e) = self
-            .tx
-            .send(Queued {
+            .queue_waiting(Queued {
                 event,
                 ack: Some(ack),
             })
@@ -182,15 +190,39 @@ impl EventSink {
         durable
     }
 
+    /// Queue `q`, waiting for room if the queue is full (and counting that it was).
+    async fn queue_waiting(&self, q: Queued) -> Result<(), mpsc::error::SendError<Queued>> {
+        match self.tx.try_send(q) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(q)) => {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                self.tx.send(q).await
+            }
+            Err(mpsc::error::TrySendError::Closed(q)) => Err(mpsc::error::SendError(q)),
+        }
+    }
+
     /// Whether responses wait for their usage event to be durable
     /// (`respond_after: durable`).
     pub fn durable_responses(&self) -> bool {
         self.respond_after == RespondAfter::Durable
     }
 
-    /// Whether the queue currently has room (for fail-closed admission).
+    /// Whether a new request may be admitted. Always with `block`; with `fail_closed`,
+    /// only while the queue has room and the log did not refuse an append in the last
+    /// [`FAILING_REFUSE_MICROS`] (after that one request goes through and tests the log
+    /// again, so a log that recovered is noticed).
     pub fn has_room(&self) -> bool {
-        self.when_full == WhenFull::Block || self.tx.capacity() > 0
+        match self.when_full {
+            WhenFull::Block => true,
+            WhenFull::FailClosed => {
+                let recently_failed = self.stats.failing.load(Ordering::Relaxed)
+                    && Timestamp::now().as_micros()
+                        - self.stats.failed_at_micros.load(Ordering::Relaxed)
+                        < FAILING_REFUSE_MICROS;
+                self.tx.capacity() > 0 && !recently_failed
+            }
+        }
     }
 
     /// Counters.

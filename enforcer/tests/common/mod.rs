@@ -15,6 +15,7 @@ pub struct Harness {
     pub proxy: String,
     pub sim: SimHandle,
     pub log: Arc<SegmentLog>,
+    pub state: Arc<ProxyState>,
     _dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
 }
@@ -50,7 +51,7 @@ pub async fn harness_with_log(
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(tally_enforcer::server::serve(
         listener,
-        state,
+        state.clone(),
         async move {
             let _ = stopped.await;
         },
@@ -60,6 +61,7 @@ pub async fn harness_with_log(
         proxy,
         sim,
         log,
+        state,
         _dir: dir,
         _stop: stop,
     }
