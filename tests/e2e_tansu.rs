@@ -11,7 +11,21 @@
 //! - the broker (SQLite storage) killed and restarted mid-run: the enforcer keeps
 //!   answering through its outage spool, the idempotent producer resumes on the new
 //!   broker process, and a long-running `tally ledger run` in the ledgers' consumer
-//!   group (real group coordination) materializes every request exactly once.
+//!   group (real group coordination) materializes every request exactly once;
+//! - two enforcers on one topic share a daily token cap: each folds the other's usage
+//!   from the real broker, so together they admit what one would;
+//! - two `tally ledger run` processes in one consumer group (the broker's group
+//!   coordinator) split the partitions; one stops (SIGTERM, leaving the group) after
+//!   committing while events are produced, the survivor takes its partitions over from
+//!   the positions the tables record, and the tables hold every event exactly once.
+//!
+//! Two defects of tansu 0.6.0 shape the group test (Kafka behaves otherwise; the mock
+//! cluster test `tests/e2e_ledger_group.rs` covers both cases): a fetch that starts
+//! inside a record batch is answered from the next batch, so a consumer resuming there
+//! silently misses the rest of that batch; and when a member's session expires, the
+//! survivors' rejoin keeps the old generation and its stored assignment, so the dead
+//! member's partitions stay unowned. The test therefore writes one record per batch
+//! and stops the member with SIGTERM instead of SIGKILL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,7 +42,11 @@ use common::cli::sql_numbers;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tally_events::Event;
+use std::sync::mpsc;
+
+use common::synth::{decision, usage};
+use tally_events::log::{EventLog, KafkaConfig, KafkaLog};
+use tally_events::{Event, encode};
 
 const ADMIN_TOKEN: &str = "tansu-test-admin";
 const INSTALL_HINT: &str = "the tansu broker is not installed: run `bash scripts/test-tansu.sh` \
@@ -101,7 +119,10 @@ impl Broker {
             .args(["--storage-engine", &self.storage])
             .args(["--cluster-id", "tally-test"])
             .current_dir(&self.dir)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TALLY_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -687,6 +708,371 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
         "restart: 36 requests ({spooled} through the spool), tokens in {} out {}, in {:?}",
         expected[3],
         expected[4],
+        started.elapsed()
+    );
+}
+
+/// Two enforcers on one topic share a cap: each folds the other's usage events, fetched
+/// from the real broker, into its counters. A round-robin client that leaves the
+/// propagation lag between requests is admitted about as many requests as by one
+/// enforcer, not twice as many.
+#[test]
+#[ignore = "needs the tansu broker: bash scripts/test-tansu.sh"]
+fn two_enforcers_share_a_daily_cap_through_the_real_broker() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path(), "memory://tansu/");
+    const TOPIC: &str = "tally-events-shared";
+    broker.create_topic(TOPIC, 2);
+    let sim = simulator();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - name: acme-daily\n    action: usage-cap\n    limit_tokens: 1000\n    unit: tokens\n    period: day\n",
+    )
+    .unwrap();
+    let enforcers: Vec<TallyProcess> = (0..2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("e{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let kafka = format!(
+                "instance: enforcer-{i}\nkafka:\n  brokers: '{}'\n  topic: {TOPIC}\n  partitions: 2\n",
+                broker.addr()
+            );
+            let cfg = config(&dir, sim.url(SIM), &kafka);
+            let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+                "proxy:\n",
+                &format!("proxy:\n  policy_file: {}\n", policy.display()),
+                1,
+            );
+            std::fs::write(&cfg, text).unwrap();
+            enforcer(&dir.join("data"), &cfg)
+        })
+        .collect();
+    let client = reqwest::blocking::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..24 {
+        let e = &enforcers[i % 2];
+        let status = client
+            .post(format!("{}/v1/chat/completions", e.url(PROXY)))
+            .header("authorization", "Bearer dev-acme-rr")
+            .header("x-sim-output-tokens", "100")
+            .header("content-type", "application/json")
+            .body(r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        statuses.push(status);
+        if statuses.len() >= 2 && statuses[statuses.len() - 2..] == [429, 429] {
+            break; // both refuse
+        }
+        // Leave the propagation lag (produce, then the other's next poll).
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    for e in enforcers {
+        e.stop();
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    // One request is ~110 tokens (about 10 in, 100 out); reserving 10 + 100 each, at
+    // most 1000 / 110 = 9 fit under the cap however they are spread. Without shared
+    // counters each enforcer would admit its own 9 (18 in all).
+    assert!(
+        (8..=9).contains(&admitted),
+        "admitted {admitted} across two enforcers: {statuses:?}"
+    );
+    assert_eq!(&statuses[statuses.len() - 2..], &[429, 429], "{statuses:?}");
+    eprintln!(
+        "shared cap: {admitted} admitted of {} in {:?}",
+        statuses.len(),
+        started.elapsed()
+    );
+}
+
+/// A `tally ledger run` member of the ledgers' group, and the lines it printed.
+struct Member {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Member {
+    fn start(data_dir: &Path, cfg: &Path) -> Member {
+        let mut child = common::cli::tally_in(data_dir)
+            .arg("--config")
+            .arg(cfg)
+            .args(["ledger", "run", "--admin-listen", "127.0.0.1:0"])
+            .env("TALLY_LOG_FILTER", "warn,deltalake_core=error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Member {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Partitions it owns now, from its `assigned` / `revoked` lines.
+    fn owned(&mut self) -> BTreeSet<u32> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        let mut owned = BTreeSet::new();
+        for rest in self
+            .seen
+            .iter()
+            .filter_map(|l| l.strip_prefix("tally ledger: partition "))
+        {
+            let Some(p) = rest.split_whitespace().next().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            if rest.contains(" assigned") {
+                owned.insert(p);
+            } else if rest.contains(" revoked") {
+                owned.remove(&p);
+            }
+        }
+        owned
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events `range` to the topic (3 in 4 usage, the rest decisions; 16 tenants), each
+/// acknowledged before the next is sent, so every record batch holds one record (a
+/// resume position is then never inside a batch; see the module docs). Returns `[usage,
+/// decisions, input tokens, output tokens]`.
+fn produce(log: &KafkaLog, range: std::ops::Range<u64>) -> [u64; 4] {
+    let mut sums = [0; 4];
+    for i in range {
+        let tenant = format!("tenant-{}", i % 16);
+        let mut event = if i % 4 == 3 { decision(i) } else { usage(i) };
+        match &mut event {
+            Event::Usage(u) => {
+                u.header.tenant = tenant.clone();
+                sums[0] += 1;
+                sums[2] += u.tokens.input_tokens;
+                sums[3] += u.tokens.output_tokens;
+            }
+            Event::Decision(d) => {
+                d.header.tenant = tenant.clone();
+                sums[1] += 1;
+            }
+            Event::Correction(_) => unreachable!(),
+        }
+        log.append(&tenant, &encode(&event))
+            .unwrap()
+            .wait()
+            .expect("acknowledged by the broker");
+    }
+    sums
+}
+
+/// Partitions with a commit of their own source in the `usage` table's Delta log.
+fn committed_partitions(tables: &Path, source: &str, partitions: u32) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(tables.join("usage/_delta_log"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        out.extend(
+            (0..partitions)
+                .filter(|p| text.contains(&format!("\"appId\":\"tally-ledger/{source}.p{p}\""))),
+        );
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the tansu broker: bash scripts/test-tansu.sh"]
+fn two_ledgers_in_one_group_on_the_real_broker_one_leaving_store_every_event_once() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path(), "memory://tansu/");
+    const TOPIC: &str = "tally-events-group";
+    const PARTITIONS: u32 = 4;
+    broker.create_topic(TOPIC, PARTITIONS);
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let cfg = tmp.path().join("tally.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "kafka:\n  brokers: '{}'\n  topic: {TOPIC}\n  partitions: {PARTITIONS}\n  group: ledgers-tansu\n  read_timeout_ms: 2000\n  properties:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '500'\n    reconnect.backoff.max.ms: '200'\nledger:\n  source_name: kafka-group\n  batch_max_age_ms: 200\n",
+            broker.addr()
+        ),
+    )
+    .unwrap();
+    let log = KafkaLog::open(&KafkaConfig {
+        brokers: broker.addr(),
+        topic: TOPIC.into(),
+        partitions: PARTITIONS,
+        ..KafkaConfig::default()
+    })
+    .unwrap();
+    let mut produced = produce(&log, 0..600);
+
+    let mut a = Member::start(&data_dir, &cfg);
+    let mut b = Member::start(&data_dir, &cfg);
+    wait_for(
+        30,
+        "the group to split the partitions between a and b",
+        || {
+            let (oa, ob) = (a.owned(), b.owned());
+            !oa.is_empty()
+                && !ob.is_empty()
+                && oa.is_disjoint(&ob)
+                && oa.len() + ob.len() == PARTITIONS as usize
+        },
+    );
+    let victim = b.owned();
+    let settled = started.elapsed();
+
+    // More events while both run; b stops once it has committed its partitions.
+    let producer = std::thread::spawn(move || produce(&log, 600..1_200));
+    let tables = data_dir.join("tables");
+    wait_for(30, "b to commit its partitions", || {
+        committed_partitions(&tables, "kafka-group", PARTITIONS).is_superset(&victim)
+    });
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &b.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(b.child.wait().unwrap().success(), "b stops cleanly");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.owned().len() < PARTITIONS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "a did not take b's partitions {victim:?} over; a printed:\n{}\nthe broker:\n{}",
+            a.seen.join("\n"),
+            broker.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let taken_over = started.elapsed();
+    // It resumed b's partitions where b's commits left them, not from the start.
+    for p in &victim {
+        let from: Option<u64> = a
+            .seen
+            .iter()
+            .rev()
+            .filter_map(|l| {
+                l.strip_prefix(&format!(
+                    "tally ledger: partition {p} assigned: materializing from offset "
+                ))
+            })
+            .find_map(|rest| rest.split_whitespace().next()?.parse().ok());
+        assert!(
+            from.is_some_and(|o| o > 0),
+            "a resumed partition {p} from {from:?}:\n{}",
+            a.seen.join("\n")
+        );
+    }
+    let during = producer.join().unwrap();
+    for (p, d) in produced.iter_mut().zip(during) {
+        *p += d;
+    }
+    let [n_usage, n_decisions, input, output] = produced;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let u = sql_numbers(&data_dir, "SELECT count(*) FROM usage")[0];
+        let d = sql_numbers(&data_dir, "SELECT count(*) FROM decisions")[0];
+        if u >= n_usage && d >= n_decisions {
+            break;
+        }
+        if Instant::now() >= deadline {
+            a.owned();
+            let admin = a
+                .seen
+                .iter()
+                .find_map(|l| l.strip_prefix(LEDGER_ADMIN))
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_default()
+                .to_owned();
+            let ready = reqwest::blocking::get(format!("{admin}/readyz"))
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            let per_partition = committed_partitions(&tables, "kafka-group", PARTITIONS);
+            let raw = consume_raw(&broker.addr(), TOPIC, 1_200);
+            let stored = common::cli::run_ok(
+                &data_dir,
+                &[
+                    "sql",
+                    "--format",
+                    "csv",
+                    "SELECT event_id FROM usage UNION ALL SELECT event_id FROM decisions",
+                ],
+            );
+            let stored: BTreeSet<&str> = stored.lines().skip(1).collect();
+            let mut missing: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+            let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+            for r in &raw {
+                let e = ends.entry(r.partition).or_default();
+                *e = (*e).max(r.offset + 1);
+                if !stored.contains(r.event.header().event_id.to_string().as_str()) {
+                    missing.entry(r.partition).or_default().push(r.offset);
+                }
+            }
+            eprintln!(
+                "topic: {} records, ends {ends:?}; missing (partition: offsets) {missing:?}",
+                raw.len()
+            );
+            panic!(
+                "tables hold {u}/{n_usage} usage and {d}/{n_decisions} decisions; sources committed {per_partition:?}; a printed:\n{}\nreadyz: {ready}",
+                a.seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1_000)); // a duplicate would show now
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &a.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        a.child.wait().unwrap().success(),
+        "the survivor stops cleanly"
+    );
+    assert_eq!(
+        sql_numbers(
+            &data_dir,
+            "SELECT count(*), count(DISTINCT event_id), sum(input_tokens), sum(output_tokens) FROM usage"
+        ),
+        [n_usage, n_usage, input, output]
+    );
+    assert_eq!(
+        sql_numbers(
+            &data_dir,
+            "SELECT count(*), count(DISTINCT event_id) FROM decisions"
+        ),
+        [n_decisions, n_decisions]
+    );
+    eprintln!(
+        "group: 1,200 events; split after {settled:?} (b owned {victim:?}), b stopped, a owned all at {taken_over:?}, done in {:?}",
         started.elapsed()
     );
 }
