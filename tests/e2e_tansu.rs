@@ -19,13 +19,13 @@
 //!   committing while events are produced, the survivor takes its partitions over from
 //!   the positions the tables record, and the tables hold every event exactly once.
 //!
-//! Two defects of tansu 0.6.0 shape the group test (Kafka behaves otherwise; the mock
-//! cluster test `tests/e2e_ledger_group.rs` covers both cases): a fetch that starts
-//! inside a record batch is answered from the next batch, so a consumer resuming there
-//! silently misses the rest of that batch; and when a member's session expires, the
-//! survivors' rejoin keeps the old generation and its stored assignment, so the dead
-//! member's partitions stay unowned. The test therefore writes one record per batch
-//! and stops the member with SIGTERM instead of SIGKILL.
+//! Two defects of tansu 0.6.0 shape the group test (Kafka behaves otherwise, and
+//! `tests/e2e_ledger_group.rs` runs the SIGKILL case with batched records against the
+//! mock cluster): a fetch that starts inside a record batch is answered from the next
+//! batch, so a consumer resuming there silently misses the rest of that batch; and when
+//! a member's session expires, the survivors' rejoin keeps the old generation and its
+//! stored assignment, so the dead member's partitions stay unowned. The test therefore
+//! writes one record per batch and stops the member with SIGTERM instead of SIGKILL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,15 +36,14 @@ use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::cli::sql_numbers;
+use common::synth::{decision, usage};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::sync::mpsc;
-
-use common::synth::{decision, usage};
 use tally_events::log::{EventLog, KafkaConfig, KafkaLog};
 use tally_events::{Event, encode};
 
