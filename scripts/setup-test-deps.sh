@@ -50,4 +50,13 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
     || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq chromium >/dev/null; }
 fi
+# openssl (a test certificate) and curl (an HTTPS client) for tests/e2e_tls.rs.
+for tool in openssl curl; do
+  if ! command -v "$tool" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get install -y -qq "$tool" >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq "$tool" >/dev/null; }
+  fi
+done
 echo "test dependencies ready (python clients in $VENV)"

@@ -46,12 +46,16 @@ pub(crate) struct TallyConfig {
 pub(crate) struct AdminConfig {
     /// Address of the admin listener (`/v1/sql`, `/v1/why`, `/v1/usage`, `/healthz`).
     pub(crate) listen: std::net::SocketAddr,
+    /// Serve HTTPS with this certificate and key (`tally up`, `tally enforcer`, `tally
+    /// serve`); plain HTTP without.
+    pub(crate) tls: Option<tally_enforcer::tls::TlsConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
+            tls: None,
         }
     }
 }

@@ -15,6 +15,9 @@ use tally_events::Provider;
 pub struct ProxyConfig {
     /// Address the proxy listens on.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key (HTTP/2 and HTTP/1.1 by ALPN); plain
+    /// HTTP without.
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Named upstreams.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Which upstream serves each provider's API, with retries and fallbacks.
@@ -88,6 +91,7 @@ impl Default for ProxyConfig {
         .collect();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
             upstreams,
             routes: BTreeMap::new(),
             keys: Vec::new(),
@@ -133,6 +137,9 @@ impl ProxyConfig {
     /// Check references between sections; returns every problem found.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(Err(e)) = self.tls.as_ref().map(crate::tls::TlsConfig::acceptor) {
+            problems.push(format!("proxy.tls: {e}"));
+        }
         for (name, route) in &self.routes {
             if Provider::parse(name) == Provider::Other {
                 problems.push(format!(

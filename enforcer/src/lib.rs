@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod sink;
+pub mod tls;
 pub mod upstream;
 
 pub use config::ProxyConfig;

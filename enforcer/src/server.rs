@@ -1,5 +1,5 @@
-//! The proxy listener: accepts connections, serves HTTP/1.1 and HTTP/2 (auto-detected)
-//! with the request handler, and shuts down gracefully (stop accepting, let in-flight
+//! The proxy listener: accepts connections (over TLS when `proxy.tls` is set), serves
+//! HTTP/1.1 and HTTP/2 (auto-detected, or by ALPN) with the request handler, and shuts down gracefully (stop accepting, let in-flight
 //! requests and streams finish within a deadline). Must not handle requests itself.
 
 use std::net::SocketAddr;
@@ -29,6 +29,13 @@ pub async fn serve(
         .http2()
         .max_concurrent_streams(1024)
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let acceptor = match &state.config.tls {
+        Some(tls) => Some(
+            tls.acceptor()
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        ),
+        None => None,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -45,10 +52,24 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = service_fn(move |req| handle(state.clone(), req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(acceptor) = &acceptor else {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's task, never in the accept loop.
+        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let Some(tls) = crate::tls::handshake(&acceptor, stream).await else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -201,6 +201,9 @@ pub(crate) fn check(file: &Path) -> Vec<Problem> {
     };
     let rejected = |detail: String| Problem::Rejected { detail };
     problems.extend(cfg.proxy.validate().into_iter().map(rejected));
+    if let Some(Err(e)) = cfg.admin.tls.as_ref().map(|t| t.acceptor()) {
+        problems.push(rejected(format!("admin.tls: {e}")));
+    }
     problems.extend(cfg.queries.problems().into_iter().map(rejected));
     if let Err(e) = cfg.ledger.validate() {
         problems.push(rejected(format!("ledger: {e}")));

@@ -113,10 +113,11 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
 
         let listener = tally_enforcer::server::bind(cfg.proxy.listen).await?;
         let proxy_addr = listener.local_addr()?;
-        let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
-            .await
-            .with_context(|| format!("admin.bind: cannot listen on {}", cfg.admin.listen))?;
-        let admin_addr = admin.local_addr()?;
+        let admin =
+            super::admin_listener::AdminListener::bind(cfg.admin.listen, cfg.admin.tls.as_ref())
+                .await?;
+        let admin_addr = admin.addr();
+        let admin_scheme = admin.scheme();
         let listening = Arc::new(AtomicBool::new(false));
         let ops = {
             let weak = Arc::downgrade(&state);
@@ -141,8 +142,15 @@ pub(crate) fn run(global: &GlobalArgs, args: EnforcerArgs) -> Result<()> {
         let admin_task = tokio::spawn(async move { axum::serve(admin, ops::router(ops)).await });
         let upkeep = policy_upkeep(state.clone());
 
-        println!("tally enforcer listening on http://{proxy_addr}");
-        println!("tally admin API on http://{admin_addr} (/healthz, /readyz, /metrics)");
+        println!(
+            "tally enforcer listening on {}://{proxy_addr}",
+            if cfg.proxy.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        );
+        println!("tally admin API on {admin_scheme}://{admin_addr} (/healthz, /readyz, /metrics)");
         match &kafka {
             Some(k) => println!("  event log: {k} (outage spool {})", log_dir.display()),
             None => println!("  event log: {}", log_dir.display()),

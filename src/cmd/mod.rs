@@ -1,6 +1,7 @@
 //! Subcommand implementations: each wires crates together for one CLI command. No
 //! business logic lives here.
 
+pub(crate) mod admin_listener;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod enforcer;

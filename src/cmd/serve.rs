@@ -54,16 +54,17 @@ pub(crate) fn run(global: &GlobalArgs, args: ServeArgs) -> Result<()> {
     }
     super::runtime()?.block_on(async move {
         let engine = Arc::new(super::query::local_engine(&cfg).await?);
-        let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
-            .await
-            .with_context(|| format!("admin.bind: cannot listen on {}", cfg.admin.listen))?;
-        let admin_addr = admin.local_addr()?;
+        let admin =
+            super::admin_listener::AdminListener::bind(cfg.admin.listen, cfg.admin.tls.as_ref())
+                .await?;
+        let admin_addr = admin.addr();
+        let admin_scheme = admin.scheme();
         let probe = engine.clone();
         let router = tally_queries::router(engine.clone())
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(move || ready(probe.clone())));
         println!(
-            "tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)"
+            "tally admin API on {admin_scheme}://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)"
         );
         let pg_task = match super::up::start_postgres(&cfg, &engine).await? {
             Some((addr, task)) => {

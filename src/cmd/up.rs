@@ -177,10 +177,10 @@ impl Stack {
                 .await
                 .context("starting the query engine")?,
         );
-        let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
-            .await
-            .with_context(|| format!("admin.bind: cannot listen on {}", cfg.admin.listen))?;
-        let admin_addr = admin.local_addr()?;
+        let admin =
+            super::admin_listener::AdminListener::bind(cfg.admin.listen, cfg.admin.tls.as_ref())
+                .await?;
+        let admin_addr = admin.addr();
         let state = Arc::new(
             ProxyState::new(cfg.proxy.clone(), cfg.instance_name(), sink)
                 .map_err(|e| anyhow::anyhow!("config.invalid: {e}"))?,
@@ -323,8 +323,12 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     rt.block_on(async move {
         let stack = Stack::start(&mut cfg, &opts).await?;
         let (addr, admin_addr) = (stack.proxy_addr, stack.admin_addr);
-        println!("tally proxy listening on http://{addr}");
-        println!("tally admin API on http://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
+        let admin_scheme = if cfg.admin.tls.is_some() { "https" } else { "http" };
+        println!(
+            "tally proxy listening on {}://{addr}",
+            if cfg.proxy.tls.is_some() { "https" } else { "http" }
+        );
+        println!("tally admin API on {admin_scheme}://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
         if let Some(pg) = stack.pg_addr {
             println!("tally postgres wire on {pg} (psql \"host={} port={} user=admin dbname=tally\")", pg.ip(), pg.port());
         }
@@ -336,7 +340,7 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             println!("      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
             println!("  admin token (dev): {DEV_ADMIN_TOKEN}");
         }
-        println!("  health: http://{admin_addr}/healthz, http://{admin_addr}/readyz; metrics: http://{admin_addr}/metrics (admin token)");
+        println!("  health: {admin_scheme}://{admin_addr}/healthz, {admin_scheme}://{admin_addr}/readyz; metrics: {admin_scheme}://{admin_addr}/metrics (admin token)");
         let durable_end = stack
             .serve_until(shutdown_signal(), Duration::from_secs(args.drain_seconds))
             .await?;
