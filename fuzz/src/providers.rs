@@ -24,8 +24,8 @@ pub fn endpoints(paths: &[&str]) -> Vec<Endpoint> {
 ///   [`prepare_upstream_body`], which must yield a body that reads back the same with
 ///   `include_usage` requested;
 /// - as a complete response: [`usage_from_body`];
-/// - as an event stream: every event through a [`StreamTracker`], with the running
-///   estimate after each one as the proxy does, then the report and the settlement. A
+/// - as an event stream: every event through a [`StreamTracker`], with the end-of-stream
+///   check and the running estimate after each one as the proxy does, then the report and the settlement. A
 ///   tracker that does not strip the usage chunk forwards every event, and stripping
 ///   never changes the usage read.
 pub fn run(endpoints: &[Endpoint], data: &[u8]) {
@@ -72,6 +72,7 @@ pub fn run(endpoints: &[Endpoint], data: &[u8]) {
                         "only a stripped chunk is dropped"
                     );
                 }
+                let _ = tracker.is_terminal(event);
                 let _ = tracker.running_output_tokens();
             }
             let report = tracker.report();
