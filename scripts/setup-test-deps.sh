@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs, idempotently: rustfmt/clippy components and the
-# Python clients (official `openai` and `anthropic` SDKs) used as real external clients
-# in end-to-end tests, into a virtualenv outside the clone.
+# Installs what the test suite needs, idempotently: rustfmt/clippy components, cargo-fuzz,
+# and the Python clients (official `openai` and `anthropic` SDKs) used as real external
+# clients in end-to-end tests, into a virtualenv outside the clone.
 set -euo pipefail
 
 if command -v rustup >/dev/null 2>&1; then
@@ -59,4 +59,11 @@ for tool in openssl curl; do
       || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq "$tool" >/dev/null; }
   fi
 done
-echo "test dependencies ready (python clients in $VENV)"
+# cargo-fuzz, for the fuzz targets of scripts/fuzz.sh (a short run is part of CI), in a
+# tools directory outside the clone.
+TOOLS="$HOME/.cache/tally/tools"
+if [ ! -x "$TOOLS/bin/cargo-fuzz" ]; then
+  # Built in a temporary directory, not in the inherited CARGO_TARGET_DIR.
+  env -u CARGO_TARGET_DIR cargo install --quiet cargo-fuzz --locked --root "$TOOLS"
+fi
+echo "test dependencies ready (python clients in $VENV, cargo-fuzz in $TOOLS/bin)"

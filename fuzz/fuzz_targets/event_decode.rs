@@ -1,0 +1,83 @@
+//! Fuzz target `event_decode`: the event wire decoder (`tally_events::codec`) and the
+//! ledger's conversion of decoded events to Arrow rows, on arbitrary bytes. Checks that
+//! a decoded event encodes and decodes back to itself, that the borrowing fast reader and
+//! the full model agree, and that the ledger's row builder gives the same rows as the
+//! batch conversion of the owned event.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tally_events::arrow::{
+    RowsBuilder, Table, corrections_to_batch, decisions_to_batch, usage_to_batch, with_day_column,
+};
+use tally_events::{Decoded, Event, WireEvent, decode, decode_wire, encode};
+
+fn table_of(event: &Event) -> Table {
+    match event {
+        Event::Usage(_) => Table::Usage,
+        Event::Decision(_) => Table::Decisions,
+        Event::Correction(_) => Table::Corrections,
+    }
+}
+
+/// The ledger's rows for `wire` equal the batch conversion of `event` (the same event).
+fn check_rows(wire: &WireEvent<'_>, event: &Event) {
+    let table = table_of(event);
+    let mut rows = RowsBuilder::new(table);
+    let built = rows.append(wire).and_then(|()| rows.finish());
+    let batch = match event {
+        Event::Usage(u) => usage_to_batch(std::slice::from_ref(u)),
+        Event::Decision(d) => decisions_to_batch(std::slice::from_ref(d)),
+        Event::Correction(c) => corrections_to_batch(std::slice::from_ref(c)),
+    };
+    match (built, batch) {
+        (Ok(built), Ok(batch)) => {
+            assert_eq!(built, batch, "row builder and batch conversion differ");
+            let _ = with_day_column(table, &batch);
+        }
+        (Err(_), Err(_)) => {}
+        (built, batch) => panic!("row builder {built:?} vs batch conversion {batch:?}"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let decoded = match decode_wire(data) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            assert!(!e.code().is_empty() && !e.to_string().is_empty());
+            assert!(decode(data).is_err());
+            return;
+        }
+    };
+    let _ = (
+        decoded.event_type(),
+        decoded.event_id(),
+        decoded.occurred_at(),
+    );
+    if let Decoded::Wire(w) = &decoded {
+        // The fast reader and the full model agree on what the full model accepts.
+        let event = w.to_event();
+        if let Ok(model) = serde_json::from_slice::<Event>(data) {
+            assert_eq!(event, model, "fast reader and full model differ");
+        }
+        check_rows(w, &event);
+    }
+    let event = decoded.into_event();
+    assert_eq!(event.event_type(), table_of(&event).event_type());
+
+    let bytes = encode(&event);
+    let again = decode(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "an encoded event does not decode ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    assert_eq!(again, event, "decode(encode(e)) != e");
+    assert_eq!(encode(&again), bytes, "encoding is not stable");
+    let wire = WireEvent::from_event(&event);
+    assert_eq!(
+        wire.to_event(),
+        event,
+        "WireEvent::from_event(e).to_event() != e"
+    );
+    check_rows(&wire, &event);
+});
