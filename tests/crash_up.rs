@@ -18,28 +18,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::run_ok;
-use common::{Tally, away_from_midnight, python};
+use common::{Rng, Tally, away_from_midnight, python};
 
 const LIMIT_REQUESTS: i64 = 1_000_000;
 const LIMIT_OUTPUT_TOKENS: i64 = 1_000_000_000;
 const KEY: &str = "dev-crash-load";
 const WORKERS: usize = 6;
-
-/// xorshift64*: a small deterministic generator for the kill schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())

@@ -71,22 +71,7 @@ impl Enforcer {
     }
 
     fn stop(mut self) {
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "tally enforcer exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "tally enforcer did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::terminate(&mut self.child, Duration::from_secs(20), "tally enforcer");
     }
 }
 

@@ -219,22 +219,7 @@ impl TallyProcess {
 
     /// SIGTERM, then it must exit 0 within 30 s.
     fn stop(mut self) {
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::terminate(&mut self.child, Duration::from_secs(30), "tally");
     }
 }
 

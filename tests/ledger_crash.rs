@@ -14,26 +14,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::Rng;
 use common::cli::{run_ok, sql_numbers as sql, tally_in};
 use common::synth::write_events;
 
 const KILLS: usize = 22;
-
-/// xorshift64*: a small deterministic generator for the kill schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 /// `tally ledger status --json`.
 fn status(data_dir: &Path) -> serde_json::Value {

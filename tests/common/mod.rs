@@ -121,21 +121,7 @@ impl Tally {
 
     /// SIGTERM and wait for a graceful exit.
     pub fn stop(mut self) -> PathBuf {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "tally exited with {status}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tally did not stop within 20 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, Duration::from_secs(20), "tally");
         let dir = self.data_dir.clone();
         if let Some(tmp) = self._tmp.take() {
             // Keep the directory alive for the caller by leaking the guard into a path.
@@ -206,5 +192,43 @@ pub fn away_from_midnight(margin_secs: i64) {
     let left = 86_400 - secs_into_day;
     if left < margin_secs {
         std::thread::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 2));
+    }
+}
+
+/// Send SIGTERM to `child`; it must exit 0 within `within`.
+pub fn terminate(child: &mut Child, within: Duration, what: &str) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "could not signal {what}");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not stop within {within:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// xorshift64*: a small deterministic generator for kill schedules and the like.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
     }
 }
