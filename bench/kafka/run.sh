@@ -16,7 +16,7 @@
 #
 #   flock /work/bench.lock bash bench/kafka/run.sh
 #
-# Knobs (environment): REQUESTS (20000), CONCURRENCY (32, total), ENFORCERS (2),
+# Knobs (environment): REQUESTS (60000), CONCURRENCY (128, total), ENFORCERS (2),
 # TENANTS (4), PARTITIONS (4), STORAGE (memory://tansu/; sqlite://tansu.db for SQLite),
 # BASE_PORT (19300), OUT (a new directory under the target dir), SKIP_BUILD=1, TIMEOUT
 # (120 s per phase), TALLY_TANSU (the broker binary; default: scripts/install-tansu.sh's).
@@ -24,8 +24,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-REQUESTS=${REQUESTS:-20000}
-CONCURRENCY=${CONCURRENCY:-32}
+REQUESTS=${REQUESTS:-60000}
+CONCURRENCY=${CONCURRENCY:-128}
 ENFORCERS=${ENFORCERS:-2}
 TENANTS=${TENANTS:-4}
 PARTITIONS=${PARTITIONS:-4}
@@ -212,8 +212,11 @@ log "ledger-once: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]));
 FILL_ROWS=$("$TALLY" --config "$WORK/fill/tally.yaml" --data-dir "$WORK/fill/ledger" sql --format csv \
   "SELECT count(*), count(DISTINCT event_id) FROM usage" | tail -1)
 log "ledger-once: usage rows, distinct event ids: $FILL_ROWS"
-# A second catch-up: what the first left behind (it should commit nothing).
-AGAIN=$(TALLY_LOG_FILTER=warn "$TALLY" --config "$WORK/fill/tally.yaml" --data-dir "$WORK/fill/ledger" ledger run --once 2>/dev/null | tail -1)
+# A second catch-up: what the first left behind (it should commit nothing), and its time,
+# the fixed cost of a `--once` run (connecting, reading each partition's end).
+$MEASURE run -- env TALLY_LOG_FILTER=warn "$TALLY" --config "$WORK/fill/tally.yaml" \
+  --data-dir "$WORK/fill/ledger" ledger run --once >"$OUT/ledger-again.json"
+AGAIN=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["stdout_tail"][-1], "in", d["wall_s"], "s")' "$OUT/ledger-again.json")
 log "ledger-once, run again: $AGAIN"
 
 # --- phase 3: end to end --------------------------------------------------------------
