@@ -9,7 +9,9 @@
 //!   the stall (no coordinated omission). The time from the scheduled moment to the actual
 //!   send is reported separately (`send_lag_*`).
 //! * `closed`: closed loop, `concurrency` workers each sending the next request as soon
-//!   as the previous one finished: the maximum throughput at that concurrency.
+//!   as the previous one finished: the maximum throughput at that concurrency. With
+//!   `--requests N`, exactly N requests and no warm-up: the rate is over the whole run
+//!   (bench/kafka/run.sh counts every request's event downstream).
 //! * `streams`: opens `count` streaming requests over HTTP/2 (`streams_per_conn` per
 //!   connection), waits until every response head arrived, prints the result and holds
 //!   the streams open for `hold_secs` so another process can read the server's memory.
@@ -77,6 +79,10 @@ enum Mode {
         /// Seconds of the same load before measuring (not recorded).
         #[arg(long, default_value_t = 2.0)]
         warmup: f64,
+        /// Send exactly this many requests, all measured (no warm-up; `--duration` is
+        /// ignored), then stop.
+        #[arg(long)]
+        requests: Option<u64>,
     },
     /// Hold many streaming requests open at once over HTTP/2.
     Streams {
@@ -427,6 +433,65 @@ fn run_closed(
     Ok(serde_json::Value::Object(out))
 }
 
+/// The closed loop for a fixed number of requests: `concurrency` workers take the next
+/// request number until `n` are taken; the rate is `ok` over the whole run.
+fn run_closed_count(req: &RequestArgs, concurrency: usize, n: u64) -> Result<serde_json::Value> {
+    if concurrency == 0 || n == 0 {
+        bail!("--concurrency and --requests must be positive");
+    }
+    let t = Arc::new(Template::from_args(req)?);
+    let rt = runtime(req.threads)?;
+    let client = h1_client();
+    let taken = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut r = rt.block_on(async {
+        let mut workers = Vec::new();
+        for _ in 0..concurrency {
+            let (client, t, taken) = (client.clone(), t.clone(), taken.clone());
+            workers.push(tokio::spawn(async move {
+                let mut r = Recorder::default();
+                while taken.fetch_add(1, Ordering::Relaxed) < n {
+                    let begin = Instant::now();
+                    let result =
+                        tokio::time::timeout(Duration::from_secs(30), exchange(&client, &t)).await;
+                    match result {
+                        Ok(Ok(a)) if a.ok => {
+                            r.latencies_us.push(begin.elapsed().as_micros() as u64)
+                        }
+                        _ => r.errors += 1,
+                    }
+                }
+                r
+            }));
+        }
+        let mut all = Recorder::default();
+        for w in workers {
+            if let Ok(r) = w.await {
+                all.latencies_us.extend(r.latencies_us);
+                all.errors += r.errors;
+            }
+        }
+        all
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut out = serde_json::Map::new();
+    out.insert("mode".into(), json!("closed"));
+    out.insert("concurrency".into(), json!(concurrency));
+    out.insert("requests".into(), json!(n));
+    out.insert("ok".into(), json!(r.latencies_us.len()));
+    out.insert("errors".into(), json!(r.errors));
+    out.insert(
+        "elapsed_s".into(),
+        json!((elapsed * 1000.0).round() / 1000.0),
+    );
+    out.insert(
+        "req_per_s".into(),
+        json!((r.latencies_us.len() as f64 / elapsed).round()),
+    );
+    out.extend(summary("", &mut r.latencies_us));
+    Ok(serde_json::Value::Object(out))
+}
+
 fn run_streams(
     req: &RequestArgs,
     count: usize,
@@ -529,7 +594,14 @@ fn main() -> Result<()> {
             concurrency,
             duration,
             warmup,
+            requests: None,
         } => run_closed(&req, concurrency, duration, warmup)?,
+        Mode::Closed {
+            req,
+            concurrency,
+            requests: Some(n),
+            ..
+        } => run_closed_count(&req, concurrency, n)?,
         Mode::Streams {
             req,
             count,
