@@ -148,6 +148,14 @@ pub enum LogError {
         "log.spool_full: Kafka is not taking records and the outage spool already holds {bytes} bytes (kafka.spool.max_bytes = {max}). Restore the brokers or raise kafka.spool.max_bytes"
     )]
     SpoolFull { bytes: u64, max: u64 },
+    #[error(
+        "log.kafka_gap: partition {partition} of the topic returned offset {found} where {expected} was expected, so records would be skipped. tally's topic has no transactions and no compaction, so offsets are contiguous: this is a broker defect, or retention deleted records the ledger had not read yet. Nothing past the gap is committed; check the broker and the topic's retention"
+    )]
+    KafkaGap {
+        partition: u32,
+        expected: u64,
+        found: u64,
+    },
 }
 
 impl LogError {
@@ -163,6 +171,7 @@ impl LogError {
             LogError::KafkaUnavailable(_) => "log.kafka_unavailable",
             LogError::KafkaRejected(_) => "log.kafka_rejected",
             LogError::SpoolFull { .. } => "log.spool_full",
+            LogError::KafkaGap { .. } => "log.kafka_gap",
         }
     }
 

@@ -92,6 +92,10 @@ impl EventLog for KafkaPartitionLog {
                 break;
             }
         }
+        if let Err(e) = contiguous(self.partition, from, &records) {
+            *next = None;
+            return Err(e);
+        }
         *next = Some(records.last().map_or(from, |r| r.next));
         Ok(records)
     }
@@ -109,5 +113,56 @@ impl EventLog for KafkaPartitionLog {
                 Position::new(u64::from(self.partition), 0)
             }
         }
+    }
+}
+
+/// The records read from `from` must continue it offset by offset: tally's topic has no
+/// transactions and no compaction, so a gap means records were skipped (a broker that
+/// answers a fetch from inside a record batch with the next batch does this) or deleted
+/// by retention before they were read. Reading from offset 0 may start at the first
+/// offset retention kept.
+fn contiguous(partition: u32, from: Position, records: &[Record]) -> Result<(), LogError> {
+    let mut expected = (from.offset > 0).then_some(from.offset);
+    for r in records {
+        if let Some(e) = expected
+            && r.position.offset != e
+        {
+            return Err(LogError::KafkaGap {
+                partition,
+                expected: e,
+                found: r.position.offset,
+            });
+        }
+        expected = Some(r.next.offset);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offsets: &[u64]) -> Vec<Record> {
+        offsets
+            .iter()
+            .map(|&o| Record {
+                position: Position::new(2, o),
+                next: Position::new(2, o + 1),
+                payload: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offsets_must_continue_the_read_position() {
+        assert!(contiguous(2, Position::new(2, 5), &at(&[5, 6, 7])).is_ok());
+        assert!(contiguous(2, Position::new(2, 5), &[]).is_ok());
+        // From the start: whatever retention kept first.
+        assert!(contiguous(2, Position::new(2, 0), &at(&[40, 41])).is_ok());
+        let e = contiguous(2, Position::new(2, 5), &at(&[8, 9])).unwrap_err();
+        assert_eq!(e.code(), "log.kafka_gap");
+        assert!(e.to_string().contains("offset 8 where 5"), "{e}");
+        let e = contiguous(2, Position::new(2, 0), &at(&[0, 1, 3])).unwrap_err();
+        assert!(e.to_string().contains("offset 3 where 2"), "{e}");
     }
 }
