@@ -12,57 +12,33 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Harness, harness_with_log};
+use common::{Harness, HookedLog, harness_with_log};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tally_enforcer::config::RespondAfter;
 use tally_events::Event;
-use tally_events::log::{EventLog, LogError, Position, Receipt, Record, SegmentLog};
+use tally_events::log::{EventLog, Receipt, SegmentLog};
 
 const ACK_DELAY: Duration = Duration::from_millis(300);
 
-/// A log whose appends take [`ACK_DELAY`] and are durable on return; records when each
-/// usage event's append returned, by request id.
-#[derive(Debug)]
-struct SlowLog {
-    inner: Arc<SegmentLog>,
-    acked: Arc<Mutex<HashMap<String, Instant>>>,
-}
-
-impl EventLog for SlowLog {
-    fn append(&self, key: &str, payload: &[u8]) -> Result<Receipt, LogError> {
-        // The sink appends on a runtime worker: hand the worker's other tasks to another
-        // thread while this one sleeps, so the delay holds up the log and nothing else.
-        tokio::task::block_in_place(|| std::thread::sleep(ACK_DELAY));
-        let r = self.inner.append(key, payload)?;
-        let pos = r.wait()?;
-        if let Ok(Event::Usage(u)) = tally_events::decode(payload) {
-            self.acked
-                .lock()
-                .insert(u.header.request_id.clone(), Instant::now());
-        }
-        Ok(Receipt::ready(pos))
-    }
-
-    fn read(&self, from: Position, max: usize) -> Result<Vec<Record>, LogError> {
-        self.inner.read(from, max)
-    }
-
-    fn checkpoint(&self, upto: Position) -> Result<(), LogError> {
-        self.inner.checkpoint(upto)
-    }
-
-    fn durable_end(&self) -> Position {
-        self.inner.durable_end()
-    }
-}
-
+/// The harness over a log whose appends take [`ACK_DELAY`] and are durable on return;
+/// also when each usage event's append returned, by request id.
 async fn setup(mode: RespondAfter) -> (Harness, Arc<Mutex<HashMap<String, Instant>>>) {
     let acked = Arc::new(Mutex::new(HashMap::new()));
     let a = acked.clone();
+    let hook = move |log: &SegmentLog, key: &str, payload: &[u8]| {
+        // The sink appends on a runtime worker: hand the worker's other tasks to another
+        // thread while this one sleeps, so the delay holds up the log and nothing else.
+        tokio::task::block_in_place(|| std::thread::sleep(ACK_DELAY));
+        let pos = log.append(key, payload)?.wait()?;
+        if let Ok(Event::Usage(u)) = tally_events::decode(payload) {
+            a.lock().insert(u.header.request_id.clone(), Instant::now());
+        }
+        Ok(Receipt::ready(pos))
+    };
     let h = harness_with_log(
         |c| c.event_queue.respond_after = mode,
-        move |inner| Arc::new(SlowLog { inner, acked: a }) as Arc<dyn EventLog>,
+        move |inner| Arc::new(HookedLog { inner, hook }) as Arc<dyn EventLog>,
     )
     .await;
     (h, acked)

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{harness, harness_with_log, request_id, stream_body};
+use common::{HookedLog, harness, harness_with_log, request_id, stream_body};
 use tally_enforcer::config::WhenFull;
-use tally_events::log::{EventLog, LogError, Position, Receipt, Record, SegmentLog};
+use tally_events::log::{EventLog, LogError, SegmentLog};
 use tally_events::{FinishState, UsageSource};
 
 #[tokio::test]
@@ -108,57 +108,37 @@ const OK: u8 = 0;
 const REFUSE: u8 = 1;
 const STALL: u8 = 2;
 
-/// A log that appends normally, refuses every append like a full disk, or stalls.
-#[derive(Debug)]
-struct FaultyLog {
-    inner: Arc<SegmentLog>,
-    mode: Arc<AtomicU8>,
-}
-
-impl EventLog for FaultyLog {
-    fn append(&self, key: &str, payload: &[u8]) -> Result<Receipt, LogError> {
-        if self.mode.load(Ordering::SeqCst) == STALL {
+/// The harness over a log that appends normally, refuses every append like a full disk
+/// (`ENOSPC`), or stalls, as `mode` says.
+async fn faulty(when_full: WhenFull, capacity: usize) -> (common::Harness, Arc<AtomicU8>) {
+    let mode = Arc::new(AtomicU8::new(OK));
+    let m = mode.clone();
+    let hook = move |log: &SegmentLog, key: &str, payload: &[u8]| {
+        if m.load(Ordering::SeqCst) == STALL {
             // The sink calls append on a runtime worker; hand the worker's other tasks
             // to another thread while this one stalls, as a slow disk would not block
             // them either.
             tokio::task::block_in_place(|| {
-                while self.mode.load(Ordering::SeqCst) == STALL {
+                while m.load(Ordering::SeqCst) == STALL {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             });
         }
-        if self.mode.load(Ordering::SeqCst) == REFUSE {
+        if m.load(Ordering::SeqCst) == REFUSE {
             return Err(LogError::Io {
                 context: "appending to segment 0".into(),
                 source: std::io::Error::from_raw_os_error(28), // ENOSPC
             });
         }
-        self.inner.append(key, payload)
-    }
-
-    fn read(&self, from: Position, max: usize) -> Result<Vec<Record>, LogError> {
-        self.inner.read(from, max)
-    }
-
-    fn checkpoint(&self, upto: Position) -> Result<(), LogError> {
-        self.inner.checkpoint(upto)
-    }
-
-    fn durable_end(&self) -> Position {
-        self.inner.durable_end()
-    }
-}
-
-async fn faulty(when_full: WhenFull, capacity: usize) -> (common::Harness, Arc<AtomicU8>) {
-    let mode = Arc::new(AtomicU8::new(OK));
-    let m = mode.clone();
+        log.append(key, payload)
+    };
     let h = harness_with_log(
         |c| {
             c.event_queue.when_full = when_full;
             c.event_queue.capacity = capacity;
             c.event_queue.durable_wait_ms = 300;
         },
-        move |inner| Arc::new(FaultyLog { inner, mode: m }) as Arc<dyn EventLog>,
+        move |inner| Arc::new(HookedLog { inner, hook }) as Arc<dyn EventLog>,
     )
     .await;
     (h, mode)

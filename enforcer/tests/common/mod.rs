@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_enforcer::{EventSink, ProxyConfig, ProxyState};
-use tally_events::log::{EventLog, FsyncPolicy, LogConfig, Position, SegmentLog};
+use tally_events::log::{
+    EventLog, FsyncPolicy, LogConfig, LogError, Position, Receipt, Record, SegmentLog,
+};
 use tally_events::{DecisionEvent, Event, UsageEvent};
 use tally_simulator::{SimConfig, SimHandle};
 use tokio::sync::oneshot;
@@ -139,4 +141,32 @@ pub fn stream_body(tokens: u32) -> serde_json::Value {
         "max_tokens": tokens,
         "messages": [{"role": "user", "content": "tell me a long story"}]
     })
+}
+
+/// A segment log whose appends go through `hook` (to delay, refuse or watch them); reads
+/// and the rest go straight to the log.
+pub struct HookedLog<F> {
+    pub inner: Arc<SegmentLog>,
+    pub hook: F,
+}
+
+impl<F> EventLog for HookedLog<F>
+where
+    F: Fn(&SegmentLog, &str, &[u8]) -> Result<Receipt, LogError> + Send + Sync + 'static,
+{
+    fn append(&self, key: &str, payload: &[u8]) -> Result<Receipt, LogError> {
+        (self.hook)(&self.inner, key, payload)
+    }
+
+    fn read(&self, from: Position, max: usize) -> Result<Vec<Record>, LogError> {
+        self.inner.read(from, max)
+    }
+
+    fn checkpoint(&self, upto: Position) -> Result<(), LogError> {
+        self.inner.checkpoint(upto)
+    }
+
+    fn durable_end(&self) -> Position {
+        self.inner.durable_end()
+    }
 }
