@@ -145,10 +145,7 @@ impl EventSink {
     /// Queue an event that must not be refused (it records work already done): waits
     /// for room whatever `when_full` says.
     pub async fn emit_always(&self, event: Event) {
-        if let Err(e) = self.queue_waiting(Queued { event, ack: None }).await {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event_id = %e.0.event.header().event_id, "event sink closed; event not written");
-        }
+        self.queue_or_drop(Queued { event, ack: None }).await;
     }
 
     /// Queue an event that must not be refused and, with `respond_after: durable`, wait
@@ -162,15 +159,11 @@ impl EventSink {
         }
         let event_id = event.header().event_id;
         let (ack, receipt) = oneshot::channel();
-        if let Err(e) = self
-            .queue_waiting(Queued {
-                event,
-                ack: Some(ack),
-            })
-            .await
-        {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event_id = %e.0.event.header().event_id, "event sink closed; event not written");
+        let queued = Queued {
+            event,
+            ack: Some(ack),
+        };
+        if !self.queue_or_drop(queued).await {
             return false;
         }
         let durable = tokio::time::timeout(self.durable_wait, async {
@@ -188,6 +181,19 @@ impl EventSink {
                 "response completed before its usage event was durable in the log");
         }
         durable
+    }
+
+    /// Queue `q` waiting for room; whether it was queued (if the sink is already shut
+    /// down the event is dropped, counted and logged).
+    async fn queue_or_drop(&self, q: Queued) -> bool {
+        match self.queue_waiting(q).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(event_id = %e.0.event.header().event_id, "event sink closed; event not written");
+                false
+            }
+        }
     }
 
     /// Queue `q`, waiting for room if the queue is full (and counting that it was).
