@@ -110,23 +110,6 @@ fn simulator() -> (tokio::runtime::Runtime, String) {
     (rt, url)
 }
 
-/// `tally ledger run --once` with `cfg` (its `kafka:` section) on `data_dir`; returns
-/// stdout.
-fn kafka_ledger_once(data_dir: &Path, cfg: &Path) -> String {
-    let out = common::cli::tally_in(data_dir)
-        .arg("--config")
-        .arg(cfg)
-        .args(["ledger", "run", "--once"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn send(e: &Enforcer, n: usize) {
     let client = reqwest::blocking::Client::new();
     for i in 0..n {
@@ -315,9 +298,9 @@ fn with_kafka_configured_the_enforcer_produces_its_events_to_the_topic() {
     );
 
     // A Kafka-fed ledger (one per partition) commits them, exactly once across runs.
-    let first = kafka_ledger_once(&data_dir, &cfg);
+    let first = common::cli::ledger_once(&data_dir, &cfg);
     assert!(first.contains("from 2 partition(s)"), "{first}");
-    kafka_ledger_once(&data_dir, &cfg);
+    common::cli::ledger_once(&data_dir, &cfg);
     let expected_output: u64 = usage.iter().map(|u| u.tokens.output_tokens).sum();
     assert_eq!(
         sql_numbers(&data_dir, "SELECT count(*), sum(output_tokens) FROM usage"),
@@ -508,7 +491,7 @@ fn a_30_second_broker_outage_under_load_loses_and_duplicates_nothing() {
     }
     e.stop();
 
-    kafka_ledger_once(&data_dir, &cfg);
+    common::cli::ledger_once(&data_dir, &cfg);
     let n = sent.len() as u64;
     assert_eq!(
         sql_numbers(

@@ -409,21 +409,6 @@ fn usage_of(raw: &[Raw]) -> Vec<&tally_events::UsageEvent> {
         .collect()
 }
 
-fn ledger_once(data_dir: &Path, cfg: &Path) -> String {
-    let out = common::cli::tally_in(data_dir)
-        .arg("--config")
-        .arg(cfg)
-        .args(["ledger", "run", "--once"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tally ledger run --once: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// `[rows, distinct request ids, distinct event ids, sum input, sum output]` of `usage`.
 fn usage_table(data_dir: &Path) -> Vec<u64> {
     sql_numbers(
@@ -541,7 +526,7 @@ fn enforcer_to_a_real_broker_to_the_ledger_exactly_once_and_readable_by_any_kafk
     }
 
     // The Kafka-fed ledger commits them exactly once, also when run again.
-    let first = ledger_once(&data_dir, &cfg);
+    let first = common::cli::ledger_once(&data_dir, &cfg);
     assert!(
         first.contains(
             "committed 36 usage, 0 decision and 0 correction event(s) from 3 partition(s)"
@@ -550,7 +535,7 @@ fn enforcer_to_a_real_broker_to_the_ledger_exactly_once_and_readable_by_any_kafk
     );
     let expected = expected_table(&answers);
     assert_eq!(usage_table(&data_dir), expected);
-    let again = ledger_once(&data_dir, &cfg);
+    let again = common::cli::ledger_once(&data_dir, &cfg);
     assert!(
         again.contains("committed 0 usage, 0 decision and 0 correction event(s)"),
         "{again}"
@@ -682,7 +667,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     let ready = reqwest::blocking::get(format!("{ledger_admin}/readyz")).unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().unwrap());
     ledger.stop();
-    let again = ledger_once(&data_dir, &cfg);
+    let again = common::cli::ledger_once(&data_dir, &cfg);
     assert!(
         again.contains("committed 0 usage, 0 decision and 0 correction event(s)"),
         "{again}"

@@ -35,3 +35,20 @@ pub fn sql_numbers(data_dir: &Path, query: &str) -> Vec<u64> {
         .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{row}")))
         .collect()
 }
+
+/// `tally --config <cfg> ledger run --once` on `data_dir` (a Kafka-fed ledger when the
+/// config has `kafka:`); it must succeed. Returns stdout.
+pub fn ledger_once(data_dir: &Path, cfg: &Path) -> String {
+    let out = tally_in(data_dir)
+        .arg("--config")
+        .arg(cfg)
+        .args(["ledger", "run", "--once"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tally ledger run --once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
