@@ -22,7 +22,8 @@ pub const PALETTE: [&str; 12] = [
 ];
 
 /// `$1`: the first UTC day of the period.
-const DAILY_SQL: &str = "SELECT CAST(day AS VARCHAR) AS day, CAST(model AS VARCHAR) AS model,
+pub(crate) const DAILY_SQL: &str =
+    "SELECT CAST(day AS VARCHAR) AS day, CAST(model AS VARCHAR) AS model,
   sum(cost_micros) AS cost_micros
 FROM spend_daily WHERE day >= $1
 GROUP BY 1, 2 ORDER BY 1, 2";

@@ -5,6 +5,7 @@
 //! and tenant-scoped like any query; they must not build SQL from user text (values are
 //! bound as parameters, dimensions come from a closed list).
 
+pub mod canned;
 pub mod history;
 pub mod html;
 pub mod usage;

@@ -210,17 +210,10 @@ pub struct UsageReport {
     pub where_tokens_went: WhereTokensWent,
 }
 
-/// Usage since `since`, grouped by `by` (no dimension: one total row), for `principal`.
-pub async fn usage_report(
-    engine: &QueryEngine,
-    by: &[Dimension],
-    since: Since,
-    principal: &Principal,
-) -> Result<UsageReport, QueryError> {
-    let until = Timestamp::now();
-    let start = since.start(until);
-    let params = || range_params(start);
-
+/// The six statements [`usage_report`] runs (groups, totals, by finish state, retries,
+/// denials by rule, by usage source), each bound to `$1` (start, a UTC timestamp) and
+/// `$2` (its UTC day).
+pub(crate) fn usage_report_sql(by: &[Dimension]) -> [String; 6] {
     let keys: Vec<String> = by
         .iter()
         .enumerate()
@@ -237,28 +230,49 @@ pub async fn usage_report(
             group.join(", ")
         )
     };
-    let totals_sql = format!("SELECT {FIGURES_SQL} FROM usage_corrected WHERE {RANGE_SQL}");
-    let finish_sql = format!(
-        "SELECT finish_state, {FIGURES_SQL} FROM usage_corrected WHERE {RANGE_SQL} GROUP BY finish_state ORDER BY requests DESC, finish_state"
-    );
-    let retries_sql = format!(
-        "SELECT {FIGURES_SQL} FROM usage_corrected WHERE {RANGE_SQL} AND retry_attempt > 0"
-    );
-    let denied_sql = format!(
-        "SELECT rule, rule_kind, outcome, count(DISTINCT request_id) AS requests FROM denials WHERE {RANGE_SQL} GROUP BY rule, rule_kind, outcome ORDER BY requests DESC, rule"
-    );
-    let source_sql = format!(
-        "SELECT usage_source, count(*) AS requests, COALESCE(sum(input_tokens + output_tokens), 0) AS tokens FROM usage_corrected WHERE {RANGE_SQL} GROUP BY usage_source ORDER BY tokens DESC, usage_source"
-    );
+    [
+        rows_sql,
+        format!("SELECT {FIGURES_SQL} FROM usage_corrected WHERE {RANGE_SQL}"),
+        format!(
+            "SELECT finish_state, {FIGURES_SQL} FROM usage_corrected WHERE {RANGE_SQL} GROUP BY finish_state ORDER BY requests DESC, finish_state"
+        ),
+        format!(
+            "SELECT {FIGURES_SQL} FROM usage_corrected WHERE {RANGE_SQL} AND retry_attempt > 0"
+        ),
+        format!(
+            "SELECT rule, rule_kind, outcome, count(DISTINCT request_id) AS requests FROM denials WHERE {RANGE_SQL} GROUP BY rule, rule_kind, outcome ORDER BY requests DESC, rule"
+        ),
+        format!(
+            "SELECT usage_source, count(*) AS requests, COALESCE(sum(input_tokens + output_tokens), 0) AS tokens FROM usage_corrected WHERE {RANGE_SQL} GROUP BY usage_source ORDER BY tokens DESC, usage_source"
+        ),
+    ]
+}
 
-    let sqls = [
-        &rows_sql,
-        &totals_sql,
-        &finish_sql,
-        &retries_sql,
-        &denied_sql,
-        &source_sql,
-    ];
+/// The statement [`top`] runs, bound to `$1` and `$2` as in [`usage_report_sql`].
+pub(crate) fn top_sql(by: TopBy, dimension: Dimension, limit: usize) -> String {
+    let value = match by {
+        TopBy::Spend => "COALESCE(sum(cost_micros), 0)",
+        TopBy::Tokens => "COALESCE(sum(input_tokens + output_tokens), 0)",
+    };
+    format!(
+        "SELECT CAST({} AS VARCHAR) AS k, {value} AS v, count(*) AS requests FROM usage_corrected WHERE {RANGE_SQL} GROUP BY 1 ORDER BY v DESC, k LIMIT {}",
+        dimension.sql(),
+        limit.max(1)
+    )
+}
+
+/// Usage since `since`, grouped by `by` (no dimension: one total row), for `principal`.
+pub async fn usage_report(
+    engine: &QueryEngine,
+    by: &[Dimension],
+    since: Since,
+    principal: &Principal,
+) -> Result<UsageReport, QueryError> {
+    let until = Timestamp::now();
+    let start = since.start(until);
+    let params = || range_params(start);
+
+    let sqls = usage_report_sql(by);
     let mut results = futures_util::future::try_join_all(
         sqls.iter()
             .map(|sql| engine.collect_with_params(sql, params(), principal)),
@@ -553,15 +567,7 @@ pub async fn top(
     principal: &Principal,
 ) -> Result<TopReport, QueryError> {
     let start = since.start(Timestamp::now());
-    let value = match by {
-        TopBy::Spend => "COALESCE(sum(cost_micros), 0)",
-        TopBy::Tokens => "COALESCE(sum(input_tokens + output_tokens), 0)",
-    };
-    let sql = format!(
-        "SELECT CAST({} AS VARCHAR) AS k, {value} AS v, count(*) AS requests FROM usage_corrected WHERE {RANGE_SQL} GROUP BY 1 ORDER BY v DESC, k LIMIT {}",
-        dimension.sql(),
-        limit.max(1)
-    );
+    let sql = top_sql(by, dimension, limit);
     let batches = engine
         .collect_with_params(&sql, range_params(start), principal)
         .await?;

@@ -83,14 +83,15 @@ pub struct WhyReport {
     pub attempts: Vec<WhyAttempt>,
 }
 
-const DECISIONS_SQL: &str = "SELECT occurred_at, request_id, tenant, outcome, rule, rule_kind,
+pub(crate) const DECISIONS_SQL: &str =
+    "SELECT occurred_at, request_id, tenant, outcome, rule, rule_kind,
   counter_key, counter_value, counter_limit, counter_unit, window_start, window_end, reset_at,
   reserved_tokens, reserved_cost_micros, reason
 FROM decisions
 WHERE request_id = $1 OR starts_with(request_id, $2)
 ORDER BY occurred_at, event_id";
 
-const ATTEMPTS_SQL: &str =
+pub(crate) const ATTEMPTS_SQL: &str =
     "SELECT occurred_at, request_id, tenant, retry_attempt, retry_of, provider,
   COALESCE(model_served, model_requested) AS model, upstream, status_code, finish_state, streamed,
   input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,
