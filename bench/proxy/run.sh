@@ -159,8 +159,8 @@ rss_of() { awk '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=
 # --- tally ---------------------------------------------------------------------------
 PROVIDER_KEY=sk-provider-bench
 GATEWAY_KEY=tally-bench-key
-start_tally() { # start_tally PORT ADMIN_PORT UPSTREAM_PORT DIR
-  local port=$1 admin=$2 upstream=$3 dir=$4
+start_tally() { # start_tally PORT ADMIN_PORT UPSTREAM_PORT DIR [HTTP2 (true|false)]
+  local port=$1 admin=$2 upstream=$3 dir=$4 http2=${5:-false}
   mkdir -p "$dir"
   cat >"$dir/tally.yaml" <<EOF
 data_dir: $dir/data
@@ -170,7 +170,7 @@ proxy:
   listen: "127.0.0.1:$port"
   on_client_abort: cancel
   upstreams:
-    openai: { base_url: "http://127.0.0.1:$upstream", provider: openai, credentials: { api_key_env: TALLY_BENCH_PROVIDER_KEY } }
+    openai: { base_url: "http://127.0.0.1:$upstream", provider: openai, http2: $http2, credentials: { api_key_env: TALLY_BENCH_PROVIDER_KEY } }
   keys:
     - { id: bench, tenant: bench, hash: "$("$TALLY" keys hash "$GATEWAY_KEY")" }
 EOF
@@ -315,37 +315,45 @@ done
 # --- tally's memory with STREAMS open streams ----------------------------------------
 # A second simulator whose streams trickle: first token after 2 s, then 4 tokens every
 # 5 s (x-sim-* headers pass through tally). Client → tally over HTTP/2 (500 streams per
-# connection), tally → simulator over HTTP/1.1 (one upstream socket per stream).
-if [[ " $SETUPS " == *" tally "* ]] && [ "$STREAMS" -gt 0 ]; then
+# connection). tally → simulator once over HTTP/1.1 (one upstream socket per stream, as
+# with a cleartext upstream) and once over HTTP/2 (`http2: true`; what an https provider
+# negotiates by ALPN): STREAM_UPSTREAMS (default "http1 http2"). SETUPS="streams" runs
+# only this part.
+if [[ " $SETUPS " == *" tally "* || " $SETUPS " == *" streams "* ]] && [ "$STREAMS" -gt 0 ]; then
   TALLY_LOG_FILTER=warn "$TALLY" --config "$WORK/empty.yaml" simulate --listen "127.0.0.1:$STREAM_SIM_PORT" >"$WORK/sim2.log" 2>&1 &
   PIDS+=($!)
   wait_port "$STREAM_SIM_PORT"
-  start_tally "$TALLY_PORT" "$TALLY_ADMIN_PORT" "$STREAM_SIM_PORT" "$WORK/tally-streams"
-  sleep 1
-  IDLE_RSS=$(rss_of "$TALLY_PID")
-  log "tally idle: $IDLE_RSS; opening $STREAMS streams"
-  "$LOADGEN" streams --url "http://127.0.0.1:$TALLY_PORT/v1/chat/completions" --body "@$STREAM_BODY" \
-    -H "authorization: Bearer $GATEWAY_KEY" -H "x-sim-ttft-ms: 2000" -H "x-sim-chunk-delay-ms: 5000" \
-    -H "x-sim-output-tokens: 400" --count "$STREAMS" --hold-secs "$STREAM_HOLD" >"$WORK/streams.out" &
-  LG=$!
-  until [ -s "$WORK/streams.out" ] || ! kill -0 "$LG" 2>/dev/null; do sleep 0.5; done
-  OPENED=$(head -1 "$WORK/streams.out")
-  log "streams: $OPENED"
-  # Sample while held (the streams deliver a chunk every 5 s meanwhile).
-  MAX_RSS=0
-  for _ in $(seq 1 $((STREAM_HOLD / 2 > 1 ? STREAM_HOLD / 2 - 1 : 1))); do
-    R=$(awk '/^VmRSS/ {print $2}' "/proc/$TALLY_PID/status")
-    [ "$R" -gt "$MAX_RSS" ] && MAX_RSS=$R
-    sleep 2
-  done
-  HELD_RSS=$(rss_of "$TALLY_PID")
-  FDS=$(ls "/proc/$TALLY_PID/fd" | wc -l)
-  log "tally with streams open: $HELD_RSS (max sampled VmRSS $MAX_RSS kB, $FDS fds)"
-  wait "$LG" || true
-  cat >"$OUT/tally-streams.json" <<EOF
-{"opened": $OPENED, "idle": $IDLE_RSS, "held": $HELD_RSS, "max_sampled_rss_kb": $MAX_RSS, "fds": $FDS, "load": "$(load)"}
+  for mode in ${STREAM_UPSTREAMS:-http1 http2}; do
+    http2=false
+    [ "$mode" = http2 ] && http2=true
+    start_tally "$TALLY_PORT" "$TALLY_ADMIN_PORT" "$STREAM_SIM_PORT" "$WORK/tally-streams-$mode" "$http2"
+    sleep 1
+    IDLE_RSS=$(rss_of "$TALLY_PID")
+    log "tally idle ($mode upstream): $IDLE_RSS; opening $STREAMS streams"
+    "$LOADGEN" streams --url "http://127.0.0.1:$TALLY_PORT/v1/chat/completions" --body "@$STREAM_BODY" \
+      -H "authorization: Bearer $GATEWAY_KEY" -H "x-sim-ttft-ms: 2000" -H "x-sim-chunk-delay-ms: 5000" \
+      -H "x-sim-output-tokens: 400" --count "$STREAMS" --hold-secs "$STREAM_HOLD" >"$WORK/streams.out" &
+    LG=$!
+    until [ -s "$WORK/streams.out" ] || ! kill -0 "$LG" 2>/dev/null; do sleep 0.5; done
+    OPENED=$(head -1 "$WORK/streams.out")
+    log "streams: $OPENED"
+    # Sample while held (the streams deliver a chunk every 5 s meanwhile).
+    MAX_RSS=0
+    for _ in $(seq 1 $((STREAM_HOLD / 2 > 1 ? STREAM_HOLD / 2 - 1 : 1))); do
+      R=$(awk '/^VmRSS/ {print $2}' "/proc/$TALLY_PID/status")
+      [ "$R" -gt "$MAX_RSS" ] && MAX_RSS=$R
+      sleep 2
+    done
+    HELD_RSS=$(rss_of "$TALLY_PID")
+    FDS=$(ls "/proc/$TALLY_PID/fd" | wc -l)
+    log "tally with streams open ($mode upstream): $HELD_RSS (max sampled VmRSS $MAX_RSS kB, $FDS fds)"
+    wait "$LG" || true
+    rm -f "$WORK/streams.out"
+    cat >"$OUT/tally-streams-$mode.json" <<EOF
+{"upstream": "$mode", "opened": $OPENED, "idle": $IDLE_RSS, "held": $HELD_RSS, "max_sampled_rss_kb": $MAX_RSS, "fds": $FDS, "load": "$(load)"}
 EOF
-  stop_pid "$TALLY_PID"
+    stop_pid "$TALLY_PID"
+  done
 fi
 
 python3 "$ROOT/bench/proxy/table.py" "$OUT" | tee "$OUT/table.md"

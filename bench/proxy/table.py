@@ -29,7 +29,11 @@ def main(out):
         "litellm": "client → LiteLLM → simulator",
     }
     nginx_tput = (read(os.path.join(out, "nginx-closed.json")) or {}).get("req_per_s")
-    streams = read(os.path.join(out, "tally-streams.json"))
+    streams = [
+        s
+        for s in (read(os.path.join(out, f"tally-streams-{m}.json")) for m in ("http1", "http2"))
+        if s
+    ]
     for setup, title in names.items():
         rate = read(os.path.join(out, f"{setup}-rate.json"))
         closed = read(os.path.join(out, f"{setup}-closed.json"))
@@ -62,11 +66,12 @@ def main(out):
             tput += f", {closed['errors']} errors"
         rss = "—"
         if setup == "tally" and streams:
-            held, idle = streams["held"], streams["idle"]
-            rss = (
-                f"{held['rss_kb'] / 1024:.0f} MiB ({held['anon_kb'] / 1024:.0f} MiB anonymous) "
-                f"with {streams['opened']['open']:,} streams open; idle "
-                f"{idle['rss_kb'] / 1024:.0f} MiB ({idle['anon_kb'] / 1024:.0f} MiB anonymous)"
+            rss = "; ".join(
+                f"{s['held']['rss_kb'] / 1024:.0f} MiB ({s['held']['anon_kb'] / 1024:.0f} MiB "
+                f"anonymous) with {s['opened']['open']:,} streams open over an "
+                f"{'HTTP/2' if s['upstream'] == 'http2' else 'HTTP/1.1'} upstream, idle "
+                f"{s['idle']['rss_kb'] / 1024:.0f} MiB ({s['idle']['anon_kb'] / 1024:.0f} MiB anonymous)"
+                for s in streams
             )
         loads = f"{load.get('load_before', '?')} → {load.get('load_after', '?')}"
         rows.append((title, p50, p99, lat, errors, tput, rss, loads))

@@ -85,6 +85,7 @@ impl Default for ProxyConfig {
                     base_url: url.to_owned(),
                     provider,
                     credentials: Credentials::Passthrough,
+                    http2: false,
                 },
             )
         })
@@ -185,6 +186,11 @@ pub struct UpstreamConfig {
     /// Whose credentials reach the provider.
     #[serde(default)]
     pub credentials: Credentials,
+    /// Speak HTTP/2 to this upstream even over cleartext (`http://`, prior knowledge):
+    /// all requests share a few connections instead of one socket per open stream.
+    /// `https://` upstreams negotiate HTTP/2 by ALPN whatever this says.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// Provider credentials for an upstream.

@@ -318,7 +318,8 @@ async fn run(
         };
         let sent_at = Instant::now();
         let timeout = Duration::from_millis(state.config.response_timeout_ms);
-        let result = tokio::time::timeout(timeout, state.client.request(req)).await;
+        let result =
+            tokio::time::timeout(timeout, state.clients.for_upstream(upstream).request(req)).await;
         attempt.upstream_elapsed = sent_at.elapsed();
         let failure = match result {
             Err(_) => Some((

@@ -28,7 +28,7 @@ use crate::policy::{PolicyEngine, PolicySet, RateLimits, RequestAttrs, Reservati
 use crate::pricing::PriceTable;
 use crate::providers;
 use crate::sink::EventSink;
-use crate::upstream::{self, HttpClient, Upstream};
+use crate::upstream::{self, Clients, Upstream};
 
 /// The body type of every response tally sends.
 pub type ProxyBody = BoxBody<Bytes, std::io::Error>;
@@ -50,7 +50,7 @@ pub struct ProxyState {
     pub keys: KeyStore,
     pub upstreams: BTreeMap<String, Upstream>,
     pub prices: PriceTable,
-    pub client: HttpClient,
+    pub clients: Clients,
     pub sink: EventSink,
     pub stats: ProxyStats,
     pub policy: PolicyEngine,
@@ -79,7 +79,7 @@ impl ProxyState {
             policy: PolicyEngine::new(policy),
             keys: KeyStore::new(&config.keys, config.dev_keys),
             upstreams: upstream::resolve_upstreams(&config.upstreams)?,
-            client: upstream::client(&config),
+            clients: Clients::new(&config),
             prices,
             config,
             instance,

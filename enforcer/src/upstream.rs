@@ -20,8 +20,35 @@ use crate::keys::KeyLocation;
 /// The pooled client type.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Build the upstream client.
-pub fn client(config: &ProxyConfig) -> HttpClient {
+/// The pooled clients: one that speaks HTTP/1.1 to cleartext upstreams (and negotiates
+/// HTTP/2 by ALPN over TLS), one that speaks HTTP/2 only (for `http2: true` upstreams).
+#[derive(Clone, Debug)]
+pub struct Clients {
+    default: HttpClient,
+    http2: HttpClient,
+}
+
+impl Clients {
+    /// Build both clients.
+    pub fn new(config: &ProxyConfig) -> Self {
+        Self {
+            default: client(config, false),
+            http2: client(config, true),
+        }
+    }
+
+    /// The client for `upstream`.
+    pub fn for_upstream(&self, upstream: &Upstream) -> &HttpClient {
+        if upstream.http2 {
+            &self.http2
+        } else {
+            &self.default
+        }
+    }
+}
+
+/// Build an upstream client (`http2_only`: HTTP/2 with prior knowledge).
+fn client(config: &ProxyConfig, http2_only: bool) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -45,6 +72,8 @@ pub fn client(config: &ProxyConfig) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        .http2_only(http2_only)
+        .http2_adaptive_window(http2_only)
         .build(https)
 }
 
@@ -54,6 +83,8 @@ pub struct Upstream {
     pub name: String,
     pub base: String,
     pub provider: Provider,
+    /// HTTP/2 with prior knowledge (see `UpstreamConfig::http2`).
+    pub http2: bool,
     secret: Option<HeaderValue>,
 }
 
@@ -63,6 +94,7 @@ impl std::fmt::Debug for Upstream {
             .field("name", &self.name)
             .field("base", &self.base)
             .field("provider", &self.provider)
+            .field("http2", &self.http2)
             .field("has_secret", &self.secret.is_some())
             .finish()
     }
@@ -98,6 +130,7 @@ pub fn resolve_upstreams(
                 name: name.clone(),
                 base: u.base_url.trim_end_matches('/').to_owned(),
                 provider: u.provider,
+                http2: u.http2,
                 secret,
             },
         );
@@ -219,6 +252,7 @@ mod tests {
             name: "g".into(),
             base: "http://127.0.0.1:9".into(),
             provider: Provider::Gemini,
+            http2: false,
             secret: Some(HeaderValue::from_static("provider-secret")),
         };
         let mut h = HeaderMap::new();

@@ -90,3 +90,69 @@ async fn http2_clients_are_proxied_and_accounted_like_http1() {
         assert!(u[0].tokens.output_tokens > 0 && u[0].tokens.output_tokens <= 60);
     }
 }
+
+/// Client-side sockets of this process connected to `port` on loopback
+/// (`/proc/net/tcp`: state 01 is ESTABLISHED; the remote port is the 3rd field's suffix).
+fn connections_to(port: u16) -> usize {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2].ends_with(&suffix) && f[3] == "01"
+        })
+        .count()
+}
+
+/// Open `n` slow streams through the proxy, count the sockets towards the simulator
+/// while they are all open, then read them to the end and check their usage.
+async fn upstream_sockets_for_streams(http2_upstream: bool, n: usize) -> usize {
+    let h = harness(|c| {
+        for u in c.upstreams.values_mut() {
+            u.http2 = http2_upstream;
+        }
+    })
+    .await;
+    let port = h.sim.addr().port();
+    let url = format!("{}/v1/chat/completions", h.proxy);
+    let client = reqwest::Client::new();
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let resp = client
+            .post(&url)
+            .bearer_auth("dev-acme-h2up")
+            .header("x-sim-chunk-delay-ms", "20")
+            .json(&stream_body(40))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        open.push(resp);
+    }
+    let sockets = connections_to(port);
+    for resp in open {
+        let id = request_id(&resp);
+        let text = resp.text().await.unwrap();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        let u = h.wait_usage(&id, 1).await;
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].finish_state, FinishState::Completed);
+        assert_eq!(u[0].usage_source, UsageSource::ProviderReported);
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn http2_upstreams_carry_many_streams_on_one_connection() {
+    // HTTP/1.1 to the upstream: a socket per open stream.
+    let h1 = upstream_sockets_for_streams(false, 12).await;
+    assert!(
+        h1 >= 12,
+        "HTTP/1.1 upstream: {h1} sockets for 12 open streams"
+    );
+    // `http2: true`: the streams are multiplexed.
+    let h2 = upstream_sockets_for_streams(true, 12).await;
+    assert!(h2 <= 2, "HTTP/2 upstream: {h2} sockets for 12 open streams");
+}
