@@ -160,7 +160,8 @@ rss_of() { awk '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=
 PROVIDER_KEY=sk-provider-bench
 GATEWAY_KEY=tally-bench-key
 start_tally() { # start_tally PORT ADMIN_PORT UPSTREAM_PORT DIR [HTTP2 (true|false)]
-  local port=$1 admin=$2 upstream=$3 dir=$4 http2=${5:-false}
+  local port=$1 admin=$2 upstream=$3 dir=$4 h2=""
+  [ "${5:-false}" = true ] && h2=", http2: true"
   mkdir -p "$dir"
   cat >"$dir/tally.yaml" <<EOF
 data_dir: $dir/data
@@ -170,7 +171,7 @@ proxy:
   listen: "127.0.0.1:$port"
   on_client_abort: cancel
   upstreams:
-    openai: { base_url: "http://127.0.0.1:$upstream", provider: openai, http2: $http2, credentials: { api_key_env: TALLY_BENCH_PROVIDER_KEY } }
+    openai: { base_url: "http://127.0.0.1:$upstream", provider: openai$h2, credentials: { api_key_env: TALLY_BENCH_PROVIDER_KEY } }
   keys:
     - { id: bench, tenant: bench, hash: "$("$TALLY" keys hash "$GATEWAY_KEY")" }
 EOF
@@ -354,6 +355,49 @@ if [[ " $SETUPS " == *" tally "* || " $SETUPS " == *" streams "* ]] && [ "$STREA
 EOF
     stop_pid "$TALLY_PID"
   done
+fi
+
+# --- tally's memory under upstream faults ----------------------------------------------
+# SETUPS containing "faults": `tally up` in front of the simulator, and per fault a closed
+# loop of FAULT_CONCURRENCY (64) requests for FAULT_DURATION (8 s) whose x-sim-* headers
+# make the simulator misbehave. tally's RSS is sampled every 0.5 s; the peak, the
+# requests answered and tally's usage rows are recorded ($OUT/faults-*.json).
+if [[ " $SETUPS " == *" faults "* ]]; then
+  FAULT_CONCURRENCY=${FAULT_CONCURRENCY:-64}
+  FAULT_DURATION=${FAULT_DURATION:-8}
+  start_tally "$TALLY_PORT" "$TALLY_ADMIN_PORT" "$SIM_PORT" "$WORK/tally-faults"
+  sleep 1
+  rss_of "$TALLY_PID" >"$OUT/faults-idle.json"
+  run_fault() { # run_fault NAME BODY HEADER...
+    local name=$1 body=$2
+    shift 2
+    "$LOADGEN" closed --url "http://127.0.0.1:$TALLY_PORT/v1/chat/completions" --body "@$body" \
+      -H "authorization: Bearer $GATEWAY_KEY" "$@" --concurrency "$FAULT_CONCURRENCY" \
+      --duration "$FAULT_DURATION" --warmup 0 >"$WORK/fault.json" &
+    local lg=$! max=0 r
+    while kill -0 "$lg" 2>/dev/null; do
+      r=$(awk '/^VmRSS/ {print $2}' "/proc/$TALLY_PID/status")
+      [ "$r" -gt "$max" ] && max=$r
+      sleep 0.5
+    done
+    wait "$lg" || true
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d.update(fault=sys.argv[2], max_rss_kb=int(sys.argv[3]), headers=sys.argv[4:]); print(json.dumps(d))' \
+      "$WORK/fault.json" "$name" "$max" "$@" >"$OUT/faults-$name.json"
+    log "fault $name: peak RSS $((max / 1024)) MiB; $(cat "$WORK/fault.json")"
+  }
+  run_fault huge_bodies "$BODY" -H "x-sim-output-tokens: 200000"
+  run_fault huge_streams "$STREAM_BODY" -H "x-sim-output-tokens: 200000"
+  run_fault slow_upstream "$BODY" -H "x-sim-latency-ms: 2000"
+  run_fault invalid_json "$BODY" -H "x-sim-invalid: json"
+  run_fault invalid_sse "$STREAM_BODY" -H "x-sim-invalid: sse"
+  run_fault reset_mid_stream "$STREAM_BODY" -H "x-sim-fail-after-chunks: 3" -H "x-sim-output-tokens: 400"
+  run_fault upstream_5xx "$BODY" -H "x-sim-status: 503"
+  sleep 2
+  rss_of "$TALLY_PID" >"$OUT/faults-after.json"
+  "$TALLY" --config "$WORK/tally-faults/tally.yaml" sql --format json \
+    "SELECT finish_state, usage_source, count(*) AS events FROM usage GROUP BY 1, 2 ORDER BY 1, 2" \
+    >"$OUT/faults-usage.json" 2>"$WORK/faults-sql.err" || cat "$WORK/faults-sql.err" >&2
+  stop_pid "$TALLY_PID"
 fi
 
 python3 "$ROOT/bench/proxy/table.py" "$OUT" | tee "$OUT/table.md"

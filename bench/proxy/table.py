@@ -93,6 +93,43 @@ def main(out):
             f"p99 {ms(tally_rate['proxy_overhead_p99_us'])}, "
             f"p99.9 {ms(tally_rate['proxy_overhead_p999_us'])}."
         )
+    faults = [
+        f
+        for f in (
+            read(os.path.join(out, f"faults-{n}.json"))
+            for n in (
+                "huge_bodies",
+                "huge_streams",
+                "slow_upstream",
+                "invalid_json",
+                "invalid_sse",
+                "reset_mid_stream",
+                "upstream_5xx",
+            )
+        )
+        if f
+    ]
+    if faults:
+        idle = read(os.path.join(out, "faults-idle.json")) or {}
+        after = read(os.path.join(out, "faults-after.json")) or {}
+        print()
+        print(
+            f"tally's memory under upstream faults ({faults[0]['concurrency']} requests in "
+            f"flight; idle {idle.get('rss_kb', 0) / 1024:.0f} MiB, after all faults "
+            f"{after.get('rss_kb', 0) / 1024:.0f} MiB):"
+        )
+        print()
+        print("| fault (simulator headers) | answered 2xx | other outcomes | peak RSS |")
+        print("|---|---|---|---|")
+        for f in faults:
+            print(
+                f"| {f['fault']} (`{'`, `'.join(f['headers'][1::2])}`) | {f['ok']:,} | "
+                f"{f['errors']:,} | {f['max_rss_kb'] / 1024:.0f} MiB |"
+            )
+        usage = os.path.join(out, "faults-usage.json")
+        if os.path.exists(usage):
+            print()
+            print("Usage events by finish state: " + open(usage).read().strip())
     mode = os.path.join(out, "litellm-mode.txt")
     if os.path.exists(mode):
         print()

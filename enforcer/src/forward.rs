@@ -318,8 +318,9 @@ async fn run(
         };
         let sent_at = Instant::now();
         let timeout = Duration::from_millis(state.config.response_timeout_ms);
-        let result =
-            tokio::time::timeout(timeout, state.clients.for_upstream(upstream).request(req)).await;
+        // Held until the response is relayed: the lane counts the stream as in flight.
+        let lane = state.clients.lane(upstream);
+        let result = tokio::time::timeout(timeout, lane.client().request(req)).await;
         attempt.upstream_elapsed = sent_at.elapsed();
         let failure = match result {
             Err(_) => Some((

@@ -3,6 +3,8 @@
 //! headers removed, provider credentials applied. Must not parse bodies or account usage.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,37 +20,118 @@ use crate::config::{Credentials, ProxyConfig, UpstreamConfig};
 use crate::keys::KeyLocation;
 
 /// The pooled client type.
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Requests one HTTP/2 connection carries before the next lane (its own connection) is
+/// used. A client never opens a second HTTP/2 connection to a host by itself (RFC 9113
+/// §9.1), so without lanes every request beyond the server's stream limit
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`, 100 to 256 at the providers) would wait for a
+/// stream to end. 100 is the limit the RFC recommends servers allow at least.
+pub const STREAMS_PER_LANE: usize = 100;
+/// Lanes per client: 100 × 256 requests in flight before lanes are shared beyond the
+/// target (then the least busy lane takes the request).
+const LANES: usize = 256;
+
+/// One pooled client and the requests in flight on it.
+#[derive(Debug)]
+struct Lane {
+    client: HttpClient,
+    in_flight: AtomicUsize,
+}
+
+/// A client made of lanes, each with its own connection pool: a request takes the first
+/// lane with fewer than [`STREAMS_PER_LANE`] requests in flight, so HTTP/2 traffic
+/// spreads over more connections as it grows and HTTP/1.1 traffic behaves as one pool.
+#[derive(Debug)]
+struct Laned {
+    lanes: Vec<Lane>,
+}
+
+impl Laned {
+    fn new(https: &Connector, http2_only: bool) -> Self {
+        Self {
+            lanes: (0..LANES)
+                .map(|_| Lane {
+                    client: client(https, http2_only),
+                    in_flight: AtomicUsize::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    fn take(self: &Arc<Self>) -> LaneGuard {
+        let index = self
+            .lanes
+            .iter()
+            .position(|l| l.in_flight.load(Ordering::Relaxed) < STREAMS_PER_LANE)
+            .unwrap_or_else(|| {
+                (0..self.lanes.len())
+                    .min_by_key(|&i| self.lanes[i].in_flight.load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            });
+        self.lanes[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        LaneGuard {
+            laned: self.clone(),
+            index,
+        }
+    }
+}
+
+/// A request's place on a lane: hold it until the response body has been read, so the
+/// lane counts the stream as in flight.
+#[derive(Debug)]
+pub struct LaneGuard {
+    laned: Arc<Laned>,
+    index: usize,
+}
+
+impl LaneGuard {
+    /// The client to send the request with.
+    pub fn client(&self) -> &HttpClient {
+        &self.laned.lanes[self.index].client
+    }
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        self.laned.lanes[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The pooled clients: one that speaks HTTP/1.1 to cleartext upstreams (and negotiates
 /// HTTP/2 by ALPN over TLS), one that speaks HTTP/2 only (for `http2: true` upstreams).
 #[derive(Clone, Debug)]
 pub struct Clients {
-    default: HttpClient,
-    http2: HttpClient,
+    default: Arc<Laned>,
+    http2: Arc<Laned>,
 }
 
 impl Clients {
-    /// Build both clients.
+    /// Build both clients (no connection is opened before a request needs one).
     pub fn new(config: &ProxyConfig) -> Self {
+        let https = connector(config);
         Self {
-            default: client(config, false),
-            http2: client(config, true),
+            default: Arc::new(Laned::new(&https, false)),
+            http2: Arc::new(Laned::new(&https, true)),
         }
     }
 
-    /// The client for `upstream`.
-    pub fn for_upstream(&self, upstream: &Upstream) -> &HttpClient {
+    /// A lane of the client for `upstream`.
+    pub fn lane(&self, upstream: &Upstream) -> LaneGuard {
         if upstream.http2 {
-            &self.http2
+            self.http2.take()
         } else {
-            &self.default
+            self.default.take()
         }
     }
 }
 
-/// Build an upstream client (`http2_only`: HTTP/2 with prior knowledge).
-fn client(config: &ProxyConfig, http2_only: bool) -> HttpClient {
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The connector every lane shares (one TLS configuration and root store).
+fn connector(config: &ProxyConfig) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -64,17 +147,21 @@ fn client(config: &ProxyConfig, http2_only: bool) -> HttpClient {
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
         }
     };
-    let https = builder
+    builder
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http)
+}
+
+/// A pooled client over `connector` (`http2_only`: HTTP/2 with prior knowledge).
+fn client(https: &Connector, http2_only: bool) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .http2_only(http2_only)
         .http2_adaptive_window(http2_only)
-        .build(https)
+        .build(https.clone())
 }
 
 /// An upstream with its resolved credentials (secrets read once at start-up).

@@ -156,3 +156,43 @@ async fn http2_upstreams_carry_many_streams_on_one_connection() {
     let h2 = upstream_sockets_for_streams(true, 12).await;
     assert!(h2 <= 2, "HTTP/2 upstream: {h2} sockets for 12 open streams");
 }
+
+#[tokio::test]
+async fn http2_upstreams_open_more_connections_beyond_the_stream_limit() {
+    // The simulator's HTTP/2 server allows 200 concurrent streams per connection; 250
+    // slow streams must all be open at once (the ones past 200 would otherwise wait for
+    // a stream to end, 30 s here).
+    let h = harness(|c| {
+        c.on_client_abort = tally_enforcer::config::OnClientAbort::Cancel;
+        for u in c.upstreams.values_mut() {
+            u.http2 = true;
+        }
+    })
+    .await;
+    let url = format!("{}/v1/chat/completions", h.proxy);
+    let client = reqwest::Client::new();
+    let sends = (0..250).map(|_| {
+        client
+            .post(&url)
+            .bearer_auth("dev-acme-lanes")
+            .header("x-sim-ttft-ms", "0")
+            .header("x-sim-chunk-delay-ms", "500")
+            .json(&stream_body(60))
+            .send()
+    });
+    let open = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        futures_util::future::join_all(sends),
+    )
+    .await
+    .expect("every stream got its response head while the others were open");
+    assert!(
+        open.iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+    );
+    let sockets = connections_to(h.sim.addr().port());
+    assert!(
+        sockets >= 3,
+        "250 streams at 100 per connection: {sockets} upstream connections"
+    );
+}

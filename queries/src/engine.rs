@@ -17,6 +17,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
@@ -59,6 +60,9 @@ pub struct QueryEngine {
         parking_lot::Mutex<HashMap<&'static str, Arc<dyn datafusion::datasource::TableProvider>>>,
     tail: Option<Arc<dyn TailSource>>,
     object_stores: Arc<dyn ObjectStoreRegistry>,
+    /// Parquet footers already parsed, shared by every query's runtime (bounded by
+    /// DataFusion's metadata cache limit; the tables' files never change in place).
+    metadata_cache: Arc<FileMetadataCache>,
 }
 
 impl fmt::Debug for QueryEngine {
@@ -155,6 +159,7 @@ impl QueryEngine {
             .with_object_store_registry(object_stores.clone())
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let metadata_cache = runtime.cache_manager.get_file_metadata_cache();
         let state = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
@@ -198,6 +203,7 @@ impl QueryEngine {
             org_registered: parking_lot::Mutex::new(HashMap::new()),
             tail,
             object_stores,
+            metadata_cache,
         })
     }
 
@@ -323,6 +329,10 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit_bytes)))
             .with_object_store_registry(self.object_stores.clone())
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(self.metadata_cache.clone())),
+            )
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let mut state = SessionStateBuilder::new_from_existing(self.base.clone())

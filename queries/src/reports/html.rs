@@ -21,12 +21,15 @@ pub const PALETTE: [&str; 12] = [
     "#db2777", "#14b8a6", "#a16207", "#64748b",
 ];
 
-/// `$1`: the first UTC day of the period.
+/// `$1`: the first UTC day of the period. Grouped straight from `usage_corrected` by day
+/// and model (the sums `spend_daily` would add up again per tenant and provider).
 pub(crate) const DAILY_SQL: &str =
-    "SELECT CAST(day AS VARCHAR) AS day, CAST(model AS VARCHAR) AS model,
-  sum(cost_micros) AS cost_micros
-FROM spend_daily WHERE day >= $1
-GROUP BY 1, 2 ORDER BY 1, 2";
+    "SELECT CAST(day AS VARCHAR) AS day, CAST(model AS VARCHAR) AS model, cost_micros
+FROM (
+  SELECT day, COALESCE(model_served, model_requested) AS model, sum(cost_micros) AS cost_micros
+  FROM usage_corrected WHERE day >= $1
+  GROUP BY day, COALESCE(model_served, model_requested)
+) ORDER BY 1, 2";
 
 /// The report page for `principal` since `since`.
 pub async fn html_report(
