@@ -4,6 +4,8 @@
 #
 #   bash bench/proxy/run.sh            # everything (installs nginx, PostgreSQL, LiteLLM)
 #   SETUPS="direct tally" bash bench/proxy/run.sh   # a subset (direct is always measured)
+#   SETUPS=streams bash bench/proxy/run.sh          # only tally's memory with open streams
+#   SETUPS=faults bash bench/proxy/run.sh           # tally's memory under upstream faults
 #
 # Setups, each measured with the same request (OpenAI chat completion, non-streaming,
 # 16 output tokens) against one `tally simulate` with zero configured latency:
