@@ -41,7 +41,9 @@ struct Lane {
 
 /// A client made of lanes, each with its own connection pool: a request takes the first
 /// lane with fewer than [`STREAMS_PER_LANE`] requests in flight, so HTTP/2 traffic
-/// spreads over more connections as it grows and HTTP/1.1 traffic behaves as one pool.
+/// spreads over more connections as it grows. HTTP/1.1 traffic (a connection per request
+/// in flight anyway) stays on the first lane up to 100 in flight; beyond that, idle
+/// connections of one lane are not reused by another.
 #[derive(Debug)]
 struct Laned {
     lanes: Vec<Lane>,
