@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 
+mod canonical;
+
 use serde::Deserialize;
 
 use crate::model::{
@@ -105,22 +107,29 @@ impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
                 while let Some((k, v)) = map.next_entry::<Str<'a>, Str<'a>>()? {
                     out.push((k, v));
                 }
-                if !out.is_sorted_by(|a, b| a.0.0 < b.0.0) {
-                    // Stable: among equal keys the last one written stays last.
-                    out.sort_by(|a, b| a.0.0.cmp(&b.0.0));
-                    let mut dedup: Vec<(Str<'a>, Str<'a>)> = Vec::with_capacity(out.len());
-                    for kv in out {
-                        match dedup.last_mut() {
-                            Some(last) if last.0 == kv.0 => *last = kv,
-                            _ => dedup.push(kv),
-                        }
-                    }
-                    out = dedup;
-                }
-                Ok(Labels(out))
+                Ok(Labels::from_pairs(out))
             }
         }
         d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Labels<'a> {
+    /// The pairs in the order written, sorted by key with the last of repeated keys kept.
+    pub(crate) fn from_pairs(mut pairs: Vec<(Str<'a>, Str<'a>)>) -> Labels<'a> {
+        if !pairs.is_sorted_by(|a, b| a.0.0 < b.0.0) {
+            // Stable: among equal keys the last one written stays last.
+            pairs.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+            let mut dedup: Vec<(Str<'a>, Str<'a>)> = Vec::with_capacity(pairs.len());
+            for kv in pairs {
+                match dedup.last_mut() {
+                    Some(last) if last.0 == kv.0 => *last = kv,
+                    _ => dedup.push(kv),
+                }
+            }
+            pairs = dedup;
+        }
+        Labels(pairs)
     }
 }
 
@@ -131,7 +140,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
 ///
 /// Fields of every event type are read (a field of another type than `event_type` is
 /// ignored, as unknown fields are).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Default, Deserialize)]
 pub struct WireEvent<'a> {
     #[serde(borrow)]
     pub(crate) event_type: Option<Str<'a>>,
@@ -220,7 +229,15 @@ impl<'a> WireEvent<'a> {
     /// Read one event and check that its type's required fields are present (an error
     /// here makes [`decode_wire`] fall back to the full serde model, which decides).
     fn read(bytes: &'a [u8]) -> Result<(WireEvent<'a>, EventType), serde_json::Error> {
-        let w: WireEvent<'a> = serde_json::from_slice(bytes)?;
+        // The canonical form (what tally writes) in one pass; anything else through
+        // serde, which also words the errors.
+        let w: WireEvent<'a> = match std::str::from_utf8(bytes) {
+            Ok(text) => match canonical::read(text) {
+                Some(w) => w,
+                None => serde_json::from_str(text)?,
+            },
+            Err(_) => serde_json::from_slice(bytes)?,
+        };
         let event_type = match &w.event_type {
             Some(t) => EventType::parse(t.as_str()),
             None => return Err(missing("event_type")),
@@ -489,6 +506,14 @@ impl Decoded<'_> {
             Decoded::Model(e) => e,
         }
     }
+}
+
+/// The canonical-form reader alone: `Some` only for a payload in the form tally's
+/// writers produce, with the result serde's reader gives it. [`decode_wire`] tries it
+/// first; this is public for the tests and fuzz targets that compare the two readers.
+#[doc(hidden)]
+pub fn read_canonical(bytes: &[u8]) -> Option<WireEvent<'_>> {
+    canonical::read(std::str::from_utf8(bytes).ok()?)
 }
 
 /// Decode one event without copying its strings where possible: the same rules and

@@ -1,8 +1,9 @@
 //! Fuzz target `event_decode`: the event wire decoder (`tally_events::codec`) and the
 //! ledger's conversion of decoded events to Arrow rows, on arbitrary bytes. Checks that
-//! a decoded event encodes and decodes back to itself, that the borrowing fast reader and
-//! the full model agree, and that the ledger's row builder gives the same rows as the
-//! batch conversion of the owned event.
+//! a decoded event encodes and decodes back to itself, that the one-pass canonical reader
+//! and serde's reader agree, that the borrowing fast reader and the full model agree, and
+//! that the ledger's row builder gives the same rows as the batch conversion of the owned
+//! event.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -40,6 +41,13 @@ fn check_rows(wire: &WireEvent<'_>, event: &Event) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The one-pass canonical reader takes only what serde reads the same way.
+    if let Some(fast) = tally_events::codec::read_canonical(data) {
+        match serde_json::from_slice::<WireEvent<'_>>(data) {
+            Ok(slow) => assert_eq!(fast, slow, "canonical and serde readers differ"),
+            Err(e) => panic!("the canonical reader took what serde refuses: {e}"),
+        }
+    }
     let decoded = match decode_wire(data) {
         Ok(decoded) => decoded,
         Err(e) => {

@@ -163,6 +163,22 @@ const CHUNK_ROWS: usize = 128 * 1024;
 /// measured here.
 const FILE_ROWS: usize = 1024 * 1024;
 
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat`
+/// (zero where that file does not exist).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 (11 and 12 after the name), in clock ticks of
+    // 1/100 s on Linux.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn rate(n: u64, d: Duration) -> String {
     format!("{:.0}", n as f64 / d.as_secs_f64())
 }
@@ -305,9 +321,16 @@ fn main() {
         )
         .await
         .unwrap();
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_time());
         let s = ledger.catch_up(|_, _| {}).await.unwrap();
         let elapsed = t.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu);
+        eprintln!(
+            "ledger: {:.1?} of CPU in {:.1?} ({:.2} cores busy on average)",
+            cpu,
+            elapsed,
+            cpu.as_secs_f64() / elapsed.as_secs_f64()
+        );
         let status = ledger.status().await.unwrap();
         (elapsed, (s, status))
     });

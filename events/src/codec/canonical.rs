@@ -1,0 +1,432 @@
+//! The canonical-form reader of the wire encoding: the JSON tally's own writers produce
+//! (`serde_json` output: one object, no whitespace, no escapes, integers only) read in
+//! one pass, without serde's per-field visitors and per-string UTF-8 checks (the
+//! payload is checked once). Must return `None` for anything else, so that the serde
+//! reader in `codec` decides it, and must never return a different event than that
+//! reader would (a property test and the `event_decode` fuzz target compare the two).
+
+use std::borrow::Cow;
+
+use crate::codec::{Labels, Str, WireEvent};
+use crate::model::{
+    CounterUnit, EventId, FinishState, Outcome, Provider, Route, RuleKind, UsageSource,
+};
+use crate::time::Timestamp;
+
+/// Read `s` if it is in canonical form; `None` otherwise (the caller falls back to serde).
+pub(crate) fn read(s: &str) -> Option<WireEvent<'_>> {
+    let mut r = Reader { s, i: 0, seen: 0 };
+    let mut w = WireEvent::default();
+    r.eat(b'{')?;
+    if r.eat(b'}').is_none() {
+        loop {
+            let key = r.string()?;
+            r.eat(b':')?;
+            r.field(&mut w, key)?;
+            match r.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    (r.i == s.len()).then_some(w)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that is below `n` (`n` ≤ 128); exact for the lowest
+/// such byte, while bytes above it may be flagged falsely.
+fn below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH
+}
+
+/// The bytes of `x` that end a plain string: `"`, `\` or a control character.
+fn special(x: u64) -> u64 {
+    below(x ^ (ONES * u64::from(b'"')), 1)
+        | below(x ^ (ONES * u64::from(b'\\')), 1)
+        | below(x, 0x20)
+}
+
+struct Reader<'a> {
+    s: &'a str,
+    i: usize,
+    /// Known fields read so far (serde refuses a repeated field; so does this reader, by
+    /// handing the payload to serde).
+    seen: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.as_bytes().get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    fn literal(&mut self, word: &str) -> bool {
+        let found = self.s.as_bytes()[self.i..].starts_with(word.as_bytes());
+        if found {
+            self.i += word.len();
+        }
+        found
+    }
+
+    /// A string without escapes or control characters, borrowed.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let bytes = self.s.as_bytes();
+        let start = self.i;
+        // Eight bytes at a time up to the first quote, backslash or control character
+        // (the lowest flagged byte of a word is exact), then byte by byte.
+        while let Some(word) = bytes.get(self.i..self.i + 8) {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(word);
+            let flagged = special(u64::from_le_bytes(le));
+            if flagged != 0 {
+                self.i += (flagged.trailing_zeros() / 8) as usize;
+                break;
+            }
+            self.i += 8;
+        }
+        loop {
+            match *bytes.get(self.i)? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        let out = self.s.get(start..self.i)?;
+        self.i += 1;
+        Some(out)
+    }
+
+    /// A non-negative integer as JSON writes it (no leading zeros, no fraction or
+    /// exponent, no overflow).
+    fn uint(&mut self) -> Option<u64> {
+        let bytes = self.s.as_bytes();
+        let start = self.i;
+        let mut v = 0u64;
+        while let Some(&c) = bytes.get(self.i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        if digits == 0 || (digits > 1 && bytes[start] == b'0') {
+            return None;
+        }
+        if matches!(bytes.get(self.i), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(v)
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        if self.eat(b'-').is_some() {
+            i64::try_from(-i128::from(self.uint()?)).ok()
+        } else {
+            i64::try_from(self.uint()?).ok()
+        }
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        if self.literal("true") {
+            Some(true)
+        } else if self.literal("false") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// `null`, or a value read by `f`.
+    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.literal("null") {
+            Some(None)
+        } else {
+            f(self).map(Some)
+        }
+    }
+
+    fn str(&mut self) -> Option<Option<Str<'a>>> {
+        self.opt(|r| r.string().map(|s| Str(Cow::Borrowed(s))))
+    }
+
+    fn ts(&mut self) -> Option<Option<Timestamp>> {
+        self.opt(|r| Timestamp::parse(r.string()?).ok())
+    }
+
+    fn id(&mut self) -> Option<Option<EventId>> {
+        self.opt(|r| uuid::Uuid::parse_str(r.string()?).ok().map(EventId::from))
+    }
+
+    fn u64(&mut self) -> Option<Option<u64>> {
+        self.opt(Self::uint)
+    }
+
+    fn u32(&mut self) -> Option<Option<u32>> {
+        self.opt(|r| u32::try_from(r.uint()?).ok())
+    }
+
+    fn u16(&mut self) -> Option<Option<u16>> {
+        self.opt(|r| u16::try_from(r.uint()?).ok())
+    }
+
+    fn i64(&mut self) -> Option<Option<i64>> {
+        self.opt(Self::int)
+    }
+
+    fn bool(&mut self) -> Option<Option<bool>> {
+        self.opt(Self::boolean)
+    }
+
+    fn vocab<T>(&mut self, parse: fn(&str) -> T) -> Option<Option<T>> {
+        self.opt(|r| r.string().map(parse))
+    }
+
+    /// `{"k":"v",...}`: the labels, with serde's ordering and repeated-key rule.
+    fn labels(&mut self) -> Option<Option<Labels<'a>>> {
+        self.opt(|r| {
+            r.eat(b'{')?;
+            let mut pairs = Vec::new();
+            if r.eat(b'}').is_none() {
+                loop {
+                    let k = r.string()?;
+                    r.eat(b':')?;
+                    let v = r.string()?;
+                    pairs.push((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(v))));
+                    match r.next()? {
+                        b',' => {}
+                        b'}' => break,
+                        _ => return None,
+                    }
+                }
+            }
+            Some(Labels::from_pairs(pairs))
+        })
+    }
+
+    /// A value of a field this build does not know: skipped when it is a string, an
+    /// integer, a boolean or null (anything else goes to serde).
+    fn skip(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.int().map(drop),
+            _ if self.literal("null") => Some(()),
+            _ => self.boolean().map(drop),
+        }
+    }
+
+    /// Mark field `n` as read; `None` if it was read before.
+    fn first(&mut self, n: u32) -> Option<()> {
+        let bit = 1u64 << n;
+        if self.seen & bit != 0 {
+            return None;
+        }
+        self.seen |= bit;
+        Some(())
+    }
+
+    /// Read the value of `key` into its field of `w`.
+    fn field(&mut self, w: &mut WireEvent<'a>, key: &str) -> Option<()> {
+        match key {
+            "event_type" => {
+                self.first(0)?;
+                w.event_type = self.str()?;
+            }
+            "event_id" => {
+                self.first(1)?;
+                w.event_id = self.id()?;
+            }
+            "schema_version" => {
+                self.first(2)?;
+                w.schema_version = self.u32()?;
+            }
+            "occurred_at" => {
+                self.first(3)?;
+                w.occurred_at = self.ts()?;
+            }
+            "gateway_instance" => {
+                self.first(4)?;
+                w.gateway_instance = self.str()?;
+            }
+            "request_id" => {
+                self.first(5)?;
+                w.request_id = self.str()?;
+            }
+            "tenant" => {
+                self.first(6)?;
+                w.tenant = self.str()?;
+            }
+            "api_key_id" => {
+                self.first(7)?;
+                w.api_key_id = self.str()?;
+            }
+            "labels" => {
+                self.first(8)?;
+                w.labels = self.labels()?;
+            }
+            "provider" => {
+                self.first(9)?;
+                w.provider = self.vocab(Provider::parse)?;
+            }
+            "route" => {
+                self.first(10)?;
+                w.route = self.vocab(Route::parse)?;
+            }
+            "model_requested" => {
+                self.first(11)?;
+                w.model_requested = self.str()?;
+            }
+            "model_served" => {
+                self.first(12)?;
+                w.model_served = self.str()?;
+            }
+            "upstream_request_id" => {
+                self.first(13)?;
+                w.upstream_request_id = self.str()?;
+            }
+            "outcome" => {
+                self.first(14)?;
+                w.outcome = self.vocab(Outcome::parse)?;
+            }
+            "rule" => {
+                self.first(15)?;
+                w.rule = self.str()?;
+            }
+            "rule_kind" => {
+                self.first(16)?;
+                w.rule_kind = self.vocab(RuleKind::parse)?;
+            }
+            "counter_key" => {
+                self.first(17)?;
+                w.counter_key = self.str()?;
+            }
+            "counter_value" => {
+                self.first(18)?;
+                w.counter_value = self.i64()?;
+            }
+            "counter_limit" => {
+                self.first(19)?;
+                w.counter_limit = self.i64()?;
+            }
+            "counter_unit" => {
+                self.first(20)?;
+                w.counter_unit = self.vocab(CounterUnit::parse)?;
+            }
+            "window_start" => {
+                self.first(21)?;
+                w.window_start = self.ts()?;
+            }
+            "window_end" => {
+                self.first(22)?;
+                w.window_end = self.ts()?;
+            }
+            "reset_at" => {
+                self.first(23)?;
+                w.reset_at = self.ts()?;
+            }
+            "reserved_tokens" => {
+                self.first(24)?;
+                w.reserved_tokens = self.u64()?;
+            }
+            "reserved_cost_micros" => {
+                self.first(25)?;
+                w.reserved_cost_micros = self.i64()?;
+            }
+            "reason" => {
+                self.first(26)?;
+                w.reason = self.str()?;
+            }
+            "upstream" => {
+                self.first(27)?;
+                w.upstream = self.str()?;
+            }
+            "status_code" => {
+                self.first(28)?;
+                w.status_code = self.u16()?;
+            }
+            "streamed" => {
+                self.first(29)?;
+                w.streamed = self.bool()?;
+            }
+            "finish_state" => {
+                self.first(30)?;
+                w.finish_state = self.vocab(FinishState::parse)?;
+            }
+            "input_tokens" => {
+                self.first(31)?;
+                w.input_tokens = self.u64()?;
+            }
+            "cached_input_tokens" => {
+                self.first(32)?;
+                w.cached_input_tokens = self.u64()?;
+            }
+            "cache_write_tokens" => {
+                self.first(33)?;
+                w.cache_write_tokens = self.u64()?;
+            }
+            "output_tokens" => {
+                self.first(34)?;
+                w.output_tokens = self.u64()?;
+            }
+            "reasoning_tokens" => {
+                self.first(35)?;
+                w.reasoning_tokens = self.u64()?;
+            }
+            "audio_input_tokens" => {
+                self.first(36)?;
+                w.audio_input_tokens = self.u64()?;
+            }
+            "audio_output_tokens" => {
+                self.first(37)?;
+                w.audio_output_tokens = self.u64()?;
+            }
+            "usage_source" => {
+                self.first(38)?;
+                w.usage_source = self.vocab(UsageSource::parse)?;
+            }
+            "cost_micros" => {
+                self.first(39)?;
+                w.cost_micros = self.i64()?;
+            }
+            "price_version" => {
+                self.first(40)?;
+                w.price_version = self.str()?;
+            }
+            "latency_ms" => {
+                self.first(41)?;
+                w.latency_ms = self.u64()?;
+            }
+            "ttft_ms" => {
+                self.first(42)?;
+                w.ttft_ms = self.u64()?;
+            }
+            "retry_attempt" => {
+                self.first(43)?;
+                w.retry_attempt = self.u32()?;
+            }
+            "retry_of" => {
+                self.first(44)?;
+                w.retry_of = self.str()?;
+            }
+            "corrects_event_id" => {
+                self.first(45)?;
+                w.corrects_event_id = self.id()?;
+            }
+            _ => self.skip()?,
+        }
+        Some(())
+    }
+}
