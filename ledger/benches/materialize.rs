@@ -312,7 +312,14 @@ fn main() {
 
     // tally: the ledger's catch-up from the log into committed tables. Last, because it
     // checkpoints the log (reclaiming the segments it committed).
-    let cfg = LedgerConfig::default();
+    // `TALLY_BENCH_BATCH_MAX_AGE_MS` overrides the commit timer (default: the ledger's).
+    let mut cfg = LedgerConfig::default();
+    if let Some(ms) = std::env::var("TALLY_BENCH_BATCH_MAX_AGE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.batch_max_age_ms = ms;
+    }
     let (tally_time, summary) = rt.block_on(async {
         let mut ledger = Ledger::open(
             cfg,
