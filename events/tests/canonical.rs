@@ -253,25 +253,30 @@ proptest! {
     }
 }
 
-/// Payloads outside the canonical form go to serde, whose result stands.
-#[test]
-fn non_canonical_payloads_are_left_to_serde() {
+/// A usage event of few fields (latency 5 ms) in its written form.
+fn small_usage(status_code: Option<u16>, cost_micros: i64) -> String {
     let e = Event::Usage(UsageEvent {
         header: EventHeader::new("gw-1", "req-1", "acme"),
         upstream: None,
-        status_code: Some(200),
-        streamed: false,
+        status_code,
+        streamed: true,
         finish_state: FinishState::Completed,
         tokens: TokenCounts::default(),
-        usage_source: UsageSource::ProviderReported,
-        cost_micros: 0,
+        usage_source: UsageSource::Estimated,
+        cost_micros,
         price_version: None,
         latency_ms: 5,
         ttft_ms: None,
         retry_attempt: 0,
         retry_of: None,
     });
-    let canonical = String::from_utf8(encode(&e)).unwrap_or_default();
+    String::from_utf8(encode(&e)).unwrap_or_default()
+}
+
+/// Payloads outside the canonical form go to serde, whose result stands.
+#[test]
+fn non_canonical_payloads_are_left_to_serde() {
+    let canonical = small_usage(Some(200), 0);
     assert!(agree(canonical.as_bytes()).is_some());
     let body = canonical.trim_start_matches('{').trim_end_matches('}');
     let cases: Vec<String> = vec![
@@ -326,22 +331,7 @@ fn non_canonical_payloads_are_left_to_serde() {
 /// `other`, repeated label keys keep the last value, as serde does.
 #[test]
 fn unknown_fields_values_and_repeated_labels_read_as_serde_reads_them() {
-    let e = Event::Usage(UsageEvent {
-        header: EventHeader::new("gw-1", "req-1", "acme"),
-        upstream: None,
-        status_code: None,
-        streamed: true,
-        finish_state: FinishState::Completed,
-        tokens: TokenCounts::default(),
-        usage_source: UsageSource::Estimated,
-        cost_micros: -3,
-        price_version: None,
-        latency_ms: 0,
-        ttft_ms: None,
-        retry_attempt: 0,
-        retry_of: None,
-    });
-    let canonical = String::from_utf8(encode(&e)).unwrap_or_default();
+    let canonical = small_usage(None, -3);
     let body = canonical.trim_start_matches('{').trim_end_matches('}');
     let payload = format!(
         "{{\"future\":\"x\",\"n\":-12,\"b\":false,\"z\":null,{body},\"labels\":{{\"team\":\"a\",\"app\":\"b\",\"team\":\"c\"}},\"route\":\"teleport\"}}"

@@ -238,194 +238,67 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
-    /// Read the value of `key` into its field of `w`.
+    /// Read the value of `key` into its field of `w` (a field's bit in `seen`, its name
+    /// on the wire, how its value is read).
     fn field(&mut self, w: &mut WireEvent<'a>, key: &str) -> Option<()> {
-        match key {
-            "event_type" => {
-                self.first(0)?;
-                w.event_type = self.str()?;
-            }
-            "event_id" => {
-                self.first(1)?;
-                w.event_id = self.id()?;
-            }
-            "schema_version" => {
-                self.first(2)?;
-                w.schema_version = self.u32()?;
-            }
-            "occurred_at" => {
-                self.first(3)?;
-                w.occurred_at = self.ts()?;
-            }
-            "gateway_instance" => {
-                self.first(4)?;
-                w.gateway_instance = self.str()?;
-            }
-            "request_id" => {
-                self.first(5)?;
-                w.request_id = self.str()?;
-            }
-            "tenant" => {
-                self.first(6)?;
-                w.tenant = self.str()?;
-            }
-            "api_key_id" => {
-                self.first(7)?;
-                w.api_key_id = self.str()?;
-            }
-            "labels" => {
-                self.first(8)?;
-                w.labels = self.labels()?;
-            }
-            "provider" => {
-                self.first(9)?;
-                w.provider = self.vocab(Provider::parse)?;
-            }
-            "route" => {
-                self.first(10)?;
-                w.route = self.vocab(Route::parse)?;
-            }
-            "model_requested" => {
-                self.first(11)?;
-                w.model_requested = self.str()?;
-            }
-            "model_served" => {
-                self.first(12)?;
-                w.model_served = self.str()?;
-            }
-            "upstream_request_id" => {
-                self.first(13)?;
-                w.upstream_request_id = self.str()?;
-            }
-            "outcome" => {
-                self.first(14)?;
-                w.outcome = self.vocab(Outcome::parse)?;
-            }
-            "rule" => {
-                self.first(15)?;
-                w.rule = self.str()?;
-            }
-            "rule_kind" => {
-                self.first(16)?;
-                w.rule_kind = self.vocab(RuleKind::parse)?;
-            }
-            "counter_key" => {
-                self.first(17)?;
-                w.counter_key = self.str()?;
-            }
-            "counter_value" => {
-                self.first(18)?;
-                w.counter_value = self.i64()?;
-            }
-            "counter_limit" => {
-                self.first(19)?;
-                w.counter_limit = self.i64()?;
-            }
-            "counter_unit" => {
-                self.first(20)?;
-                w.counter_unit = self.vocab(CounterUnit::parse)?;
-            }
-            "window_start" => {
-                self.first(21)?;
-                w.window_start = self.ts()?;
-            }
-            "window_end" => {
-                self.first(22)?;
-                w.window_end = self.ts()?;
-            }
-            "reset_at" => {
-                self.first(23)?;
-                w.reset_at = self.ts()?;
-            }
-            "reserved_tokens" => {
-                self.first(24)?;
-                w.reserved_tokens = self.u64()?;
-            }
-            "reserved_cost_micros" => {
-                self.first(25)?;
-                w.reserved_cost_micros = self.i64()?;
-            }
-            "reason" => {
-                self.first(26)?;
-                w.reason = self.str()?;
-            }
-            "upstream" => {
-                self.first(27)?;
-                w.upstream = self.str()?;
-            }
-            "status_code" => {
-                self.first(28)?;
-                w.status_code = self.u16()?;
-            }
-            "streamed" => {
-                self.first(29)?;
-                w.streamed = self.bool()?;
-            }
-            "finish_state" => {
-                self.first(30)?;
-                w.finish_state = self.vocab(FinishState::parse)?;
-            }
-            "input_tokens" => {
-                self.first(31)?;
-                w.input_tokens = self.u64()?;
-            }
-            "cached_input_tokens" => {
-                self.first(32)?;
-                w.cached_input_tokens = self.u64()?;
-            }
-            "cache_write_tokens" => {
-                self.first(33)?;
-                w.cache_write_tokens = self.u64()?;
-            }
-            "output_tokens" => {
-                self.first(34)?;
-                w.output_tokens = self.u64()?;
-            }
-            "reasoning_tokens" => {
-                self.first(35)?;
-                w.reasoning_tokens = self.u64()?;
-            }
-            "audio_input_tokens" => {
-                self.first(36)?;
-                w.audio_input_tokens = self.u64()?;
-            }
-            "audio_output_tokens" => {
-                self.first(37)?;
-                w.audio_output_tokens = self.u64()?;
-            }
-            "usage_source" => {
-                self.first(38)?;
-                w.usage_source = self.vocab(UsageSource::parse)?;
-            }
-            "cost_micros" => {
-                self.first(39)?;
-                w.cost_micros = self.i64()?;
-            }
-            "price_version" => {
-                self.first(40)?;
-                w.price_version = self.str()?;
-            }
-            "latency_ms" => {
-                self.first(41)?;
-                w.latency_ms = self.u64()?;
-            }
-            "ttft_ms" => {
-                self.first(42)?;
-                w.ttft_ms = self.u64()?;
-            }
-            "retry_attempt" => {
-                self.first(43)?;
-                w.retry_attempt = self.u32()?;
-            }
-            "retry_of" => {
-                self.first(44)?;
-                w.retry_of = self.str()?;
-            }
-            "corrects_event_id" => {
-                self.first(45)?;
-                w.corrects_event_id = self.id()?;
-            }
-            _ => self.skip()?,
+        macro_rules! fields {
+            ($($n:literal $field:ident: $read:ident($($arg:expr)?),)+) => {
+                match key {
+                    $(stringify!($field) => {
+                        self.first($n)?;
+                        w.$field = self.$read($($arg)?)?;
+                    })+
+                    _ => self.skip()?,
+                }
+            };
+        }
+        fields! {
+            0 event_type: str(),
+            1 event_id: id(),
+            2 schema_version: u32(),
+            3 occurred_at: ts(),
+            4 gateway_instance: str(),
+            5 request_id: str(),
+            6 tenant: str(),
+            7 api_key_id: str(),
+            8 labels: labels(),
+            9 provider: vocab(Provider::parse),
+            10 route: vocab(Route::parse),
+            11 model_requested: str(),
+            12 model_served: str(),
+            13 upstream_request_id: str(),
+            14 outcome: vocab(Outcome::parse),
+            15 rule: str(),
+            16 rule_kind: vocab(RuleKind::parse),
+            17 counter_key: str(),
+            18 counter_value: i64(),
+            19 counter_limit: i64(),
+            20 counter_unit: vocab(CounterUnit::parse),
+            21 window_start: ts(),
+            22 window_end: ts(),
+            23 reset_at: ts(),
+            24 reserved_tokens: u64(),
+            25 reserved_cost_micros: i64(),
+            26 reason: str(),
+            27 upstream: str(),
+            28 status_code: u16(),
+            29 streamed: bool(),
+            30 finish_state: vocab(FinishState::parse),
+            31 input_tokens: u64(),
+            32 cached_input_tokens: u64(),
+            33 cache_write_tokens: u64(),
+            34 output_tokens: u64(),
+            35 reasoning_tokens: u64(),
+            36 audio_input_tokens: u64(),
+            37 audio_output_tokens: u64(),
+            38 usage_source: vocab(UsageSource::parse),
+            39 cost_micros: i64(),
+            40 price_version: str(),
+            41 latency_ms: u64(),
+            42 ttft_ms: u64(),
+            43 retry_attempt: u32(),
+            44 retry_of: str(),
+            45 corrects_event_id: id(),
         }
         Some(())
     }
