@@ -17,19 +17,7 @@ use crate::time::Timestamp;
 pub(crate) fn read(s: &str) -> Option<WireEvent<'_>> {
     let mut r = Reader { s, i: 0, seen: 0 };
     let mut w = WireEvent::default();
-    r.eat(b'{')?;
-    if r.eat(b'}').is_none() {
-        loop {
-            let key = r.string()?;
-            r.eat(b':')?;
-            r.field(&mut w, key)?;
-            match r.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
+    r.object(|r, key| r.field(&mut w, key))?;
     (r.i == s.len()).then_some(w)
 }
 
@@ -78,6 +66,24 @@ impl<'a> Reader<'a> {
             self.i += word.len();
         }
         found
+    }
+
+    /// `{"key":value,...}`: each key handed to `member`, which reads its value.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            member(self, key)?;
+            match self.next()? {
+                b',' => {}
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
     }
 
     /// A string without escapes or control characters, borrowed.
@@ -198,21 +204,11 @@ impl<'a> Reader<'a> {
     /// `{"k":"v",...}`: the labels, with serde's ordering and repeated-key rule.
     fn labels(&mut self) -> Option<Option<Labels<'a>>> {
         self.opt(|r| {
-            r.eat(b'{')?;
             let mut pairs = Vec::new();
-            if r.eat(b'}').is_none() {
-                loop {
-                    let k = r.string()?;
-                    r.eat(b':')?;
-                    let v = r.string()?;
-                    pairs.push((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(v))));
-                    match r.next()? {
-                        b',' => {}
-                        b'}' => break,
-                        _ => return None,
-                    }
-                }
-            }
+            r.object(|r, k| {
+                pairs.push((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(r.string()?))));
+                Some(())
+            })?;
             Some(Labels::from_pairs(pairs))
         })
     }
