@@ -15,8 +15,10 @@ use deltalake::arrow::array::{AsArray, RecordBatch};
 use deltalake::arrow::compute::concat_batches;
 use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use deltalake::kernel::Add;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use tally_events::arrow::Table;
+use deltalake::kernel::scalars::ScalarExt;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use indexmap::IndexMap;
+use tally_events::arrow::{PARTITION_COLUMN, Table};
 use tokio::task::JoinHandle;
 
 use crate::convert::sorted_with_day;
@@ -118,13 +120,21 @@ impl FileSet {
     /// Write one chunk of rows (batches with the table's event schema).
     pub(crate) async fn write(&mut self, chunk: Vec<RecordBatch>) -> Result<(), LedgerError> {
         let table = self.table;
-        let chunk = match <[RecordBatch; 1]>::try_from(chunk) {
-            Ok([one]) => one,
-            Err(many) => {
-                concat_batches(&table.event_schema(), &many).map_err(|e| convert(table, e))?
+        // Rows already in time order across the chunk (the usual case) go batch by batch,
+        // without a copy; otherwise the chunk is ordered as a whole.
+        if in_time_order(&chunk) {
+            for rows in chunk {
+                self.write_ordered(sorted_with_day(table, rows)?).await?;
             }
-        };
-        let batch = sorted_with_day(table, chunk)?;
+            return Ok(());
+        }
+        let rows = concat_batches(&table.event_schema(), &chunk).map_err(|e| convert(table, e))?;
+        self.write_ordered(sorted_with_day(table, rows)?).await
+    }
+
+    /// Write rows ordered by `occurred_at`, with their `day` column.
+    async fn write_ordered(&mut self, batch: RecordBatch) -> Result<(), LedgerError> {
+        let table = self.table;
         let batch =
             RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()).unwrap_or(batch);
         let at = batch
@@ -148,9 +158,16 @@ impl FileSet {
             {
                 self.roll().await?;
             }
+            // One day's rows: handed over with their partition value, so the writer
+            // does not split (hash and copy) the slice by partition again.
             let slice = batch.slice(start, end - start);
+            let day_value = slice
+                .column_by_name(PARTITION_COLUMN)
+                .and_then(|c| ScalarExt::from_array(c.as_ref(), 0))
+                .ok_or_else(|| convert(table, "the day partition column is missing"))?;
+            let partition = IndexMap::from([(PARTITION_COLUMN.to_owned(), day_value)]);
             self.writer
-                .write(slice)
+                .write_partition(slice, &partition, WriteMode::Default)
                 .await
                 .map_err(|e| write_err(table, self.rows, e))?;
             if self.open.insert(day, at[end - 1]).is_none() {
@@ -171,6 +188,26 @@ impl FileSet {
             rows: self.rows,
         })
     }
+}
+
+/// Whether the rows of `chunk`, batch after batch, are in `occurred_at` order.
+fn in_time_order(chunk: &[RecordBatch]) -> bool {
+    let mut newest = i64::MIN;
+    for rows in chunk {
+        let Some(at) = rows
+            .column_by_name("occurred_at")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        else {
+            return false;
+        };
+        for &t in at.values().iter() {
+            if t < newest {
+                return false;
+            }
+            newest = t;
+        }
+    }
+    true
 }
 
 /// A table's [`FileSet`], idle or busy writing a chunk in its own task.
