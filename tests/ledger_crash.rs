@@ -1,7 +1,8 @@
 //! Crash test of the ledger as its own process: while a writer appends N events (and
 //! resends some, as a producer retry would) to the event log, a real `tally ledger run`
-//! is killed with SIGKILL at random moments, at least 20 times, and restarted. After a
-//! final `tally ledger run --once`, the tables must hold exactly N rows per event type,
+//! is killed with SIGKILL at random moments, at least 20 times, and restarted (one run in
+//! four is a catch-up, `ledger run --once`, in small batches). After a final
+//! `tally ledger run --once`, the tables must hold exactly N rows per event type,
 //! each event id once, with token and cost sums equal to those of the events written.
 //! The kill schedule's seed is printed (set `TALLY_CRASH_SEED` to replay one).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -74,18 +75,37 @@ fn sigkill_at_random_moments_neither_loses_nor_duplicates() {
     // between kills, so kills hit it at work and not only while starting.
     let mut progressed = 0;
     let mut committed = 0;
+    let (mut catch_up_kills, mut catch_ups_finished) = (0, 0);
     while kills < KILLS || !done.load(Ordering::SeqCst) {
-        let mut child = tally_in(&data_dir)
-            .args(["ledger", "run", "--admin-listen", "127.0.0.1:0"])
+        // One run in four is a catch-up (`run --once`) in batches of 200 events: kills
+        // land among its many commits, with reads running ahead of them.
+        let catch_up = rng.between(0, 4) == 0;
+        let mut child = tally_in(&data_dir);
+        if catch_up {
+            child
+                .args(["ledger", "run", "--once"])
+                .env("TALLY_LEDGER__BATCH_MAX_EVENTS", "200");
+        } else {
+            child.args(["ledger", "run", "--admin-listen", "127.0.0.1:0"]);
+        }
+        let mut child = child
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // One kill in four lands while the ledger opens its tables and catches up; the
-        // others once it is running (it prints its admin address then), anywhere from
-        // its first commit to well into steady tailing. Counting from the start instead
-        // would, on a loaded machine, kill most runs before they did any work.
-        if rng.between(0, 4) == 0 {
+        // One kill in four of `ledger run` lands while the ledger opens its tables and
+        // catches up; the others once it is running (it prints its admin address then),
+        // anywhere from its first commit to well into steady tailing. Counting from the
+        // start instead would, on a loaded machine, kill most runs before they did any
+        // work.
+        if catch_up {
+            std::thread::sleep(Duration::from_millis(rng.between(30, 800)));
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "tally ledger run --once failed: {status}");
+                catch_ups_finished += 1;
+                continue; // it caught up before the kill
+            }
+        } else if rng.between(0, 4) == 0 {
             std::thread::sleep(Duration::from_millis(rng.between(50, 1_000)));
         } else {
             let stdout = child.stdout.take().unwrap();
@@ -108,6 +128,7 @@ fn sigkill_at_random_moments_neither_loses_nor_duplicates() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
+        catch_up_kills += usize::from(catch_up);
         let now = committed_rows(&status(&data_dir));
         assert!(
             now >= committed,
@@ -123,6 +144,9 @@ fn sigkill_at_random_moments_neither_loses_nor_duplicates() {
         );
     }
     let written = writer.join().unwrap();
+    println!(
+        "{kills} kills, {catch_up_kills} of them during a catch-up ({catch_ups_finished} catch-ups finished before their kill)"
+    );
     assert!(kills >= 20);
     assert!(
         progressed >= 5,

@@ -39,6 +39,8 @@ const READ_CHUNK: usize = 2048;
 const CHUNK_ROWS: usize = 128 * 1024;
 /// Reads being decoded at a time (in blocking tasks, beside the file writers).
 const DECODERS: usize = 2;
+/// Reads waiting for their decoding, ahead of it.
+const READ_AHEAD: usize = 2;
 /// Undecodable records kept for the status report.
 const RECENT_UNDECODABLE: usize = 100;
 /// The dedupe set is pruned at most this often.
@@ -309,10 +311,54 @@ fn decode_read(
     Ok(out)
 }
 
-/// A log read in flight, from the position it started at.
-struct Prefetch {
-    from: Position,
-    task: JoinHandle<Result<Vec<Record>, tally_events::log::LogError>>,
+/// Reads of the log running ahead of decoding: one blocking task reads chunk after chunk
+/// from `next` (up to `limit`) into a bounded channel, so reading overlaps the decoding
+/// and the file writers instead of waiting for them. It stops at the end of the log
+/// (after sending the empty read), at `limit`, after an error, or when dropped. Reads
+/// past the end of a batch are cheap to throw away.
+struct ReadAhead {
+    /// Where the next chunk out of the channel starts.
+    next: Position,
+    limit: Option<Position>,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<Record>, tally_events::log::LogError>>,
+}
+
+impl ReadAhead {
+    fn start(
+        log: Arc<dyn EventLog>,
+        from: Position,
+        limit: Option<Position>,
+        chunk: usize,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let mut at = from;
+            while limit.is_none_or(|l| at < l) {
+                let read = log.read(at, chunk);
+                let next = read.as_ref().ok().and_then(|r| r.last()).map(|r| r.next);
+                if tx.blocking_send(read).is_err() {
+                    break; // dropped
+                }
+                match next {
+                    Some(next) => at = next,
+                    None => break, // the end of the log, or an error
+                }
+            }
+        });
+        Self {
+            next: from,
+            limit,
+            rx,
+        }
+    }
+
+    /// The next chunk (empty at the end of the log or of `limit`).
+    async fn read(&mut self) -> Result<Vec<Record>, LedgerError> {
+        match self.rx.recv().await {
+            Some(read) => read.map_err(LedgerError::from),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 /// Background maintenance in flight.
@@ -342,8 +388,8 @@ pub struct Ledger {
     last_prune: Instant,
     /// A commit failed: the tables must be re-read before anything else is written.
     needs_reload: bool,
-    /// The next read from the log, started while the previous one is being decoded.
-    prefetch: Option<Prefetch>,
+    /// Reads from the log running ahead of the decoding.
+    read_ahead: Option<ReadAhead>,
     shared: Arc<Shared>,
     last_vacuum: Option<Instant>,
 }
@@ -459,7 +505,7 @@ impl Ledger {
             dedupe,
             last_prune: Instant::now(),
             needs_reload: false,
-            prefetch: None,
+            read_ahead: None,
             shared,
             last_vacuum: None,
         };
@@ -703,21 +749,16 @@ impl Ledger {
             if limit.is_some_and(|l| self.read_pos >= l) {
                 break;
             }
-            let want = (self.config.batch_max_events - self.batch.records).clamp(1, READ_CHUNK);
-            let prefetched = match self.prefetch.take() {
-                Some(p) if p.from == self.read_pos => p
-                    .task
-                    .await
-                    .map_err(|e| LedgerError::Runtime(e.to_string()))?
-                    .map_err(LedgerError::from)?,
-                _ => Vec::new(),
+            let mut reader = match self.read_ahead.take() {
+                Some(r) if r.next == self.read_pos && r.limit == limit => r,
+                _ => ReadAhead::start(
+                    Arc::clone(&self.log),
+                    self.read_pos,
+                    limit,
+                    self.config.batch_max_events.clamp(1, READ_CHUNK),
+                ),
             };
-            // (An empty prefetch may predate appends: read again.)
-            let mut records = if prefetched.is_empty() {
-                read_log(&self.log, self.read_pos, want).await?
-            } else {
-                prefetched
-            };
+            let mut records = reader.read().await?;
             // Up to the limit and what fits in the batch.
             let room = self.config.batch_max_events - self.batch.records;
             let (mut n, mut bytes) = (0usize, 0usize);
@@ -737,14 +778,10 @@ impl Ledger {
                 break;
             };
             let next = last.next;
-            // Read on while these are decoded (a read is cheap to throw away if the batch
-            // ends before it is used).
-            if whole && limit.is_none_or(|l| next < l) {
-                let log = Arc::clone(&self.log);
-                self.prefetch = Some(Prefetch {
-                    from: next,
-                    task: tokio::task::spawn_blocking(move || log.read(next, READ_CHUNK)),
-                });
+            // The reads ahead go on from here unless this one was cut short.
+            if whole {
+                reader.next = next;
+                self.read_ahead = Some(reader);
             }
             let fresh_from = self.max_seen;
             self.read_pos = next;
@@ -1046,7 +1083,7 @@ impl Ledger {
         }
         // Keep the old state as the commit base until the reload replaces it.
         self.batch = Batch::default();
-        self.prefetch = None;
+        self.read_ahead = None;
         self.needs_reload = true;
         Ok(())
     }
@@ -1117,7 +1154,7 @@ impl Ledger {
             .min()
             .unwrap_or(Position::START);
         self.batch = Batch::default();
-        self.prefetch = None;
+        self.read_ahead = None;
         self.needs_reload = false;
         tracing::info!(resume_from = %self.read_pos, "ledger state confirmed after a failed commit");
         self.publish();

@@ -874,8 +874,12 @@ fn read_frame(reader: &mut impl Read, remaining: u64) -> io::Result<Result<Vec<u
     if FRAME_HEADER_LEN as u64 + len > remaining {
         return Ok(Err("length past end of file"));
     }
-    let mut payload = vec![0; len as usize];
-    reader.read_exact(&mut payload)?;
+    // Read into spare capacity: no zero-filling of a buffer about to be overwritten.
+    let mut payload = Vec::with_capacity(len as usize);
+    reader.take(len).read_to_end(&mut payload)?;
+    if payload.len() as u64 != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     if crc32c::crc32c(&payload) != payload_crc {
         return Ok(Err("bad payload checksum"));
     }
