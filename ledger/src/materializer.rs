@@ -749,16 +749,20 @@ impl Ledger {
             if limit.is_some_and(|l| self.read_pos >= l) {
                 break;
             }
-            let mut reader = match self.read_ahead.take() {
-                Some(r) if r.next == self.read_pos && r.limit == limit => r,
-                _ => ReadAhead::start(
-                    Arc::clone(&self.log),
-                    self.read_pos,
-                    limit,
-                    self.config.batch_max_events.clamp(1, READ_CHUNK),
-                ),
+            let start = |log: &Arc<dyn EventLog>, from: Position| {
+                let chunk = self.config.batch_max_events.clamp(1, READ_CHUNK);
+                ReadAhead::start(Arc::clone(log), from, limit, chunk)
+            };
+            let (mut reader, reused) = match self.read_ahead.take() {
+                Some(r) if r.next == self.read_pos && r.limit == limit => (r, true),
+                _ => (start(&self.log, self.read_pos), false),
             };
             let mut records = reader.read().await?;
+            if records.is_empty() && reused {
+                // The end of the log as it was when read ahead: look again now.
+                reader = start(&self.log, self.read_pos);
+                records = reader.read().await?;
+            }
             // Up to the limit and what fits in the batch.
             let room = self.config.batch_max_events - self.batch.records;
             let (mut n, mut bytes) = (0usize, 0usize);
