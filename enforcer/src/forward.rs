@@ -126,7 +126,9 @@ pub(crate) async fn start(state: Arc<ProxyState>, fwd: Forward) -> Response<Prox
             let mut fwd = fwd;
             let reservation = fwd.reservation.take();
             let spent = Mutex::new(Spent::default());
-            run(&state, fwd, tx, reservation.as_ref(), &spent).await;
+            // By reference: an async fn keeps its by-value arguments twice in its state,
+            // and this state lives as long as the response streams.
+            run(&state, &fwd, tx, reservation.as_ref(), &spent).await;
             if let Some(r) = &reservation {
                 // Replace the reservation by what every attempt really used.
                 let spent = spent.lock();
@@ -179,17 +181,20 @@ impl Attempt<'_> {
     }
 
     /// Queue the usage event of an attempt the client never sees (one retried).
-    async fn record(&self, outcome: AttemptOutcome) {
+    fn record(&self, outcome: AttemptOutcome) -> impl Future<Output = ()> + Send + '_ {
         let event = self.usage_event(outcome);
-        self.state.sink.emit_always(event.into()).await;
+        self.state.sink.emit_always(event.into())
     }
 
     /// Write the usage event of the attempt whose response the client gets; call before
     /// the response's last bytes go out (with `respond_after: durable` this waits until
     /// the event is durable).
-    async fn finish(&self, outcome: AttemptOutcome) {
+    fn finish(&self, outcome: AttemptOutcome) -> impl Future<Output = ()> + Send + '_ {
         let event = self.usage_event(outcome);
-        self.state.sink.emit_durable(event.into()).await;
+        let queued = self.state.sink.emit_durable(event.into());
+        async move {
+            queued.await;
+        }
     }
 
     fn usage_event(&self, outcome: AttemptOutcome) -> tally_events::UsageEvent {
@@ -228,7 +233,7 @@ impl Attempt<'_> {
 
 async fn run(
     state: &ProxyState,
-    fwd: Forward,
+    fwd: &Forward,
     head_tx: oneshot::Sender<Response<ProxyBody>>,
     reservation: Option<&Reservation>,
     spent: &Mutex<Spent>,
@@ -357,8 +362,8 @@ async fn run(
                     retry_of = Some(id);
                     continue;
                 }
-                let tracker = endpoint.map(|e| StreamTracker::new(e, strip_usage));
-                relay(&attempt, resp, tracker, &mut head_tx, endpoint).await;
+                let mut tracker = endpoint.map(|e| StreamTracker::new(e, strip_usage));
+                relay(&attempt, resp, &mut tracker, &mut head_tx, endpoint).await;
                 return;
             }
         };
@@ -419,7 +424,7 @@ fn ms(d: Duration) -> u64 {
 async fn relay(
     attempt: &Attempt<'_>,
     resp: Response<Incoming>,
-    tracker: Option<StreamTracker>,
+    tracker: &mut Option<StreamTracker>,
     head_tx: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
     endpoint: Option<&Endpoint>,
 ) {
@@ -520,7 +525,7 @@ async fn relay_stream(
     attempt: &Attempt<'_>,
     mut parts: http::response::Parts,
     mut body: Incoming,
-    mut tracker: Option<StreamTracker>,
+    tracker: &mut Option<StreamTracker>,
     head_tx: &mut Option<oneshot::Sender<Response<ProxyBody>>>,
     up_id: Option<String>,
 ) {
@@ -573,7 +578,7 @@ async fn relay_stream(
             }
             Ok(None) => {
                 // An unterminated last event still counts for usage and is relayed as is.
-                let rest = match &mut tracker {
+                let rest = match tracker {
                     Some(t) => {
                         let mut out = BytesMut::new();
                         for ev in parser.finish_event() {
@@ -616,7 +621,7 @@ async fn relay_stream(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let out = match (&mut tracker, parser.push(&data)) {
+        let out = match (&mut *tracker, parser.push(&data)) {
             (Some(t), Ok(events)) => {
                 let mut out = BytesMut::new();
                 for ev in &events {
@@ -640,7 +645,7 @@ async fn relay_stream(
             (_, Err(e)) => {
                 // Too large or malformed to track: relay the bytes untouched from here on.
                 tracing::warn!(error = %e, "SSE stream not trackable; relaying raw");
-                tracker = None;
+                *tracker = None;
                 let mut out = BytesMut::from(&parser.finish()[..]);
                 out.extend_from_slice(&data);
                 out.freeze()
@@ -649,7 +654,7 @@ async fn relay_stream(
         if out.is_empty() || client_gone {
             continue;
         }
-        if let (Some(res), Some(t)) = (attempt.reservation, &mut tracker)
+        if let (Some(res), Some(t)) = (attempt.reservation, &mut *tracker)
             && res.needs_stream_checks()
         {
             let output = t.running_output_tokens();
@@ -701,7 +706,7 @@ async fn relay_stream(
     let mut o = attempt.outcome(Some(status), finish);
     o.ttft_ms = ttft;
     o.upstream_request_id = up_id;
-    if let Some(t) = &tracker {
+    if let Some(t) = tracker {
         let r = t.report();
         o.model_served = r.model_served.clone();
         if r.upstream_request_id.is_some() {

@@ -51,7 +51,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |req| handle(state.clone(), req));
+        // Boxed: an HTTP/2 stream's task is sized for its service future and lives as
+        // long as the response body streams; boxed, the handler's state (authentication,
+        // policy, the wait for the upstream's head) is freed once the head is out.
+        let service = service_fn(move |req| Box::pin(handle(state.clone(), req)));
         let Some(acceptor) = &acceptor else {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let conn = graceful.watch(conn.into_owned());

@@ -44,7 +44,9 @@ pub const FAILING_REFUSE_MICROS: i64 = 1_000_000;
 /// An event in the queue, with where to send its receipt when the caller waits for it.
 #[derive(Debug)]
 struct Queued {
-    event: Event,
+    // Boxed: the futures that carry a queued event across an await (a response waiting
+    // for room or for durability) stay a pointer wide rather than an event wide.
+    event: Box<Event>,
     ack: Option<oneshot::Sender<Receipt>>,
 }
 
@@ -125,7 +127,11 @@ impl EventSink {
 
     /// Queue an event. With `block` this waits for room; with `fail_closed` a full queue
     /// is an error (the caller answers 503).
-    pub async fn emit(&self, event: Event) -> Result<(), ProxyError> {
+    pub fn emit(&self, event: Event) -> impl Future<Output = Result<(), ProxyError>> + Send + '_ {
+        self.queue(Box::new(event))
+    }
+
+    async fn queue(&self, event: Box<Event>) -> Result<(), ProxyError> {
         match self.tx.try_send(Queued { event, ack: None }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(event)) => {
@@ -144,17 +150,27 @@ impl EventSink {
 
     /// Queue an event that must not be refused (it records work already done): waits
     /// for room whatever `when_full` says.
-    pub async fn emit_always(&self, event: Event) {
-        self.queue_or_drop(Queued { event, ack: None }).await;
+    pub fn emit_always(&self, event: Event) -> impl Future<Output = ()> + Send + '_ {
+        let queued = Queued {
+            event: Box::new(event),
+            ack: None,
+        };
+        async move {
+            self.queue_or_drop(queued).await;
+        }
     }
 
     /// Queue an event that must not be refused and, with `respond_after: durable`, wait
     /// until the log made it durable (at most `durable_wait_ms`): call it before the
     /// last bytes of the response it records go out. Whether the event is known durable
     /// (always `true` with `respond_after: queued`, where nothing is awaited).
-    pub async fn emit_durable(&self, event: Event) -> bool {
+    pub fn emit_durable(&self, event: Event) -> impl Future<Output = bool> + Send + '_ {
+        self.queue_durable(Box::new(event))
+    }
+
+    async fn queue_durable(&self, event: Box<Event>) -> bool {
         if self.respond_after == RespondAfter::Queued {
-            self.emit_always(event).await;
+            self.queue_or_drop(Queued { event, ack: None }).await;
             return true;
         }
         let event_id = event.header().event_id;
