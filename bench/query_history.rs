@@ -58,7 +58,7 @@ use tally_queries::{Principal, QueryConfig, QueryEngine};
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Bump when the generated data changes, so a stale cache is rebuilt.
-const DATA_VERSION: u32 = 1;
+const DATA_VERSION: u32 = 2;
 const DAYS: i64 = 90;
 /// 2026-08-03T00:00:00Z: the first day; the last is 2026-10-31.
 const FIRST_DAY_MICROS: i64 = 1_785_715_200_000_000;
@@ -246,11 +246,23 @@ async fn append(
     batch: &RecordBatch,
 ) -> Res<deltalake::DeltaTable> {
     let batch = with_day_column(kind, batch)?;
-    Ok(table
+    let table = table
         .write(vec![batch])
         .with_partition_columns([PARTITION_COLUMN])
         .with_writer_properties(tally_ledger::parquet_writer_properties())
-        .await?)
+        .await?;
+    // A Delta checkpoint every `checkpoint_interval` commits, as the ledger writes them:
+    // without one, every query replays the whole JSON log (and parses each file's stats)
+    // to plan its scans, which a table the ledger keeps never asks of it.
+    let interval = tally_ledger::LedgerConfig::default().checkpoint_interval;
+    if interval > 0
+        && let Some(v) = table.version()
+        && v > 0
+        && v.is_multiple_of(interval)
+    {
+        deltalake::checkpoints::create_checkpoint(&table, None).await?;
+    }
+    Ok(table)
 }
 
 /// One generated day: its usage rows, the denials among them and a few events to correct.

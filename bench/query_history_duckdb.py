@@ -24,7 +24,8 @@ con.execute(f"SET threads = {int(spec['threads'])}")
 con.execute("SET enable_progress_bar = false")
 con.execute("SET TimeZone = 'UTC'")
 for table in ("usage", "decisions", "corrections"):
-    path = f"{spec['tables']}/{table}/**/*.parquet"
+    # The day partitions' data files only (not the Delta log's checkpoint files).
+    path = f"{spec['tables']}/{table}/day=*/*.parquet"
     con.execute(
         f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{path}', hive_partitioning = true)"
     )

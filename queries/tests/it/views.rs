@@ -197,11 +197,10 @@ async fn usage_report_says_where_tokens_went() {
     );
     let w = &r.where_tokens_went;
     assert_eq!(w.denied.len(), 2);
-    assert!(
-        w.denied
-            .iter()
-            .any(|d| d.rule == "monthly-cap" && d.requests == 1 && d.outcome == "deny")
-    );
+    assert!(w.denied.iter().any(|d| d.rule == "monthly-cap"
+        && d.requests == 1
+        && d.decisions == 1
+        && d.outcome == "deny"));
     assert_eq!(w.failed.requests, 1);
     assert_eq!(w.failed.input_tokens, 200);
     assert_eq!(w.aborted.requests, 1);
