@@ -289,3 +289,40 @@ async fn top_ranks_spenders() {
     assert_eq!(t.rows[0].key.as_deref(), Some("completed"));
     assert!(t.render_text().contains("completed"));
 }
+
+#[tokio::test]
+async fn denials_count_requests_once_and_every_decision() {
+    use tally_events::arrow::Table;
+    use tally_events::{Outcome, RuleKind};
+    let dir = tempfile::tempdir().unwrap();
+    let deny = |request: &str| {
+        decision(
+            request,
+            "acme",
+            t0(),
+            Outcome::ShadowDeny,
+            "rpm",
+            RuleKind::RateLimit,
+            "over the key's requests per minute",
+        )
+    };
+    // The rule decided req-a twice (two decision events) and req-b once.
+    let decisions = vec![deny("req-a"), deny("req-a"), deny("req-b")];
+    write_table(dir.path(), Table::Decisions, decisions_batch(&decisions)).await;
+    let e = engine(dir.path()).await;
+    let r = usage_report(
+        &e,
+        &[Dimension::Tenant],
+        Since::parse("7d").unwrap(),
+        &Principal::Admin,
+    )
+    .await
+    .unwrap();
+    let denied = &r.where_tokens_went.denied;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(
+        (denied[0].rule.as_str(), denied[0].outcome.as_str()),
+        ("rpm", "shadow_deny")
+    );
+    assert_eq!((denied[0].requests, denied[0].decisions), (2, 3));
+}
