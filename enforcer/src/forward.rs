@@ -189,12 +189,9 @@ impl Attempt<'_> {
     /// Write the usage event of the attempt whose response the client gets; call before
     /// the response's last bytes go out (with `respond_after: durable` this waits until
     /// the event is durable).
-    fn finish(&self, outcome: AttemptOutcome) -> impl Future<Output = ()> + Send + '_ {
+    fn finish(&self, outcome: AttemptOutcome) -> impl Future<Output = bool> + Send + '_ {
         let event = self.usage_event(outcome);
-        let queued = self.state.sink.emit_durable(event.into());
-        async move {
-            queued.await;
-        }
+        self.state.sink.emit_durable(event.into())
     }
 
     fn usage_event(&self, outcome: AttemptOutcome) -> tally_events::UsageEvent {
