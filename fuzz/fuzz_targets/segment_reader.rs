@@ -98,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("the log reads back after a clean close");
         let (last, earlier) = after.split_last().expect("the appended record reads back");
         assert_eq!(last.position, appended);
-        assert_eq!(last.payload, b"{}");
+        assert_eq!(&last.payload[..], b"{}");
         assert_eq!(earlier, &read[..], "records changed across an append");
     }
 });

@@ -329,7 +329,7 @@ fn main() {
         .await
         .unwrap();
         let (t, cpu) = (Instant::now(), cpu_time());
-        let s = ledger.catch_up(|_, _| {}).await.unwrap();
+        let s = ledger.catch_up(|_| {}).await.unwrap();
         let elapsed = t.elapsed();
         let cpu = cpu_time().saturating_sub(cpu);
         eprintln!(

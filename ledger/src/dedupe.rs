@@ -75,7 +75,7 @@ const BUCKET_MS: i64 = 3_600_000;
 
 /// Recently committed event ids, bucketed by the hour of their time so the old ones are
 /// cheap to drop.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct DedupeSet {
     horizon_ms: i64,
     buckets: BTreeMap<i64, KeySet>,
@@ -104,15 +104,17 @@ impl DedupeSet {
 
     /// Remember ids (call only once their commit succeeded).
     pub(crate) fn extend(&mut self, keys: impl IntoIterator<Item = DedupeKey>) {
-        for key in keys {
-            if self
-                .buckets
-                .entry(key.0.div_euclid(BUCKET_MS))
-                .or_default()
-                .insert(key)
-            {
-                self.len += 1;
+        // Keys come mostly in time order: one bucket lookup per run of an hour's keys.
+        let mut keys = keys.into_iter().peekable();
+        while let Some(first) = keys.next() {
+            let hour = first.0.div_euclid(BUCKET_MS);
+            let bucket = self.buckets.entry(hour).or_default();
+            let before = bucket.len();
+            bucket.insert(first);
+            while let Some(key) = keys.next_if(|k| k.0.div_euclid(BUCKET_MS) == hour) {
+                bucket.insert(key);
             }
+            self.len += bucket.len() - before;
         }
     }
 
@@ -158,6 +160,31 @@ mod tests {
         assert!(set.contains(&key));
         assert!(!set.contains(&old));
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn extend_files_keys_of_interleaved_hours_and_counts_each_once() {
+        let mut set = DedupeSet::new(Duration::from_secs(1_000 * 3600));
+        let hour = |h: i64, n: u128| (h * BUCKET_MS + 7, n);
+        // Runs of one hour, an hour coming back after another, and a repeated key.
+        let keys = [
+            hour(1, 1),
+            hour(1, 2),
+            hour(2, 3),
+            hour(1, 4),
+            hour(1, 4),
+            hour(3, 5),
+            hour(2, 6),
+        ];
+        set.extend(keys);
+        assert_eq!(set.len(), 6);
+        assert!(keys.iter().all(|k| set.contains(k)));
+        assert!(
+            !set.contains(&hour(2, 1)),
+            "a key is looked up in its own hour"
+        );
+        set.extend([hour(3, 5), hour(3, 8)]);
+        assert_eq!(set.len(), 7);
     }
 
     #[test]

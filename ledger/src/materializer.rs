@@ -15,7 +15,7 @@ use deltalake::arrow::array::RecordBatch;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tally_events::arrow::{RowsBuilder, Table};
-use tally_events::log::{EventLog, Position, Record};
+use tally_events::log::{EventLog, Position, Record, Span};
 use tally_events::{Decoded, Timestamp, WireEvent};
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,7 @@ use crate::error::LedgerError;
 use crate::files::{FileSet, Slot, Written};
 use crate::maintenance::{self, Due, OptimizeSummary, VacuumSummary};
 use crate::position::app_id;
+use crate::progress::{Progress, ProgressUnit};
 use crate::status::{
     LedgerCounters, LedgerStatus, UndecodableRecord, apply_lag, positions_map, scan_lag,
     table_status,
@@ -240,14 +241,18 @@ struct DecodedRead {
     replay_skipped: u64,
     /// Undecodable records (first reads only).
     undecodable: Vec<UndecodableRecord>,
+    /// Records dropped as copies of events committed before (first reads only).
+    duplicates: u64,
 }
 
 /// Decode `records` into the rows of their tables, skipping records a table already
-/// covers; records at or after `fresh_from` are read for the first time.
+/// covers and events `committed` holds (copies of events committed before); records at
+/// or after `fresh_from` are read for the first time.
 fn decode_read(
     records: &[Record],
     covered: [Position; 3],
     fresh_from: Position,
+    committed: &DedupeSet,
 ) -> Result<DecodedRead, LedgerError> {
     let mut out = DecodedRead::default();
     let mut rows: [TableRows; 3] = Default::default();
@@ -283,6 +288,13 @@ fn decode_read(
             continue;
         }
         let key = dedupe_key(&decoded.event_id(), decoded.occurred_at());
+        if committed.contains(&key) {
+            if fresh {
+                tracing::debug!(event_id = %uuid::Uuid::from_u128(key.1), "dropping a duplicate event");
+                out.duplicates += 1;
+            }
+            continue;
+        }
         let (builder, keys, first_fresh) =
             rows[i].get_or_insert_with(|| (RowsBuilder::new(Table::ALL[i]), Vec::new(), None));
         let appended = match &decoded {
@@ -361,6 +373,53 @@ impl ReadAhead {
     }
 }
 
+/// Acknowledgements of the event log (`EventLog::checkpoint`, which may delete whole
+/// segment files) run in the background, one at a time, so that a commit never waits for
+/// the log to reclaim its files; a position asked for while one runs is taken after it
+/// (only the highest).
+#[derive(Default)]
+struct Reclaim {
+    running: Option<JoinHandle<()>>,
+    next: Option<Position>,
+}
+
+impl Reclaim {
+    /// Acknowledge the log up to `upto`: now, or once the acknowledgement running is done.
+    fn request(&mut self, log: &Arc<dyn EventLog>, upto: Position) {
+        self.next = Some(self.next.map_or(upto, |n| n.max(upto)));
+        self.start(log);
+    }
+
+    fn start(&mut self, log: &Arc<dyn EventLog>) {
+        if self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if let Some(upto) = self.next.take() {
+            let log = Arc::clone(log);
+            self.running = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = log.checkpoint(upto) {
+                    tracing::warn!(error = %e, position = %upto, "acknowledging the event log (retention checkpoint); retried after the next commit");
+                }
+            }));
+        }
+    }
+
+    /// Wait until every acknowledgement asked for is done.
+    async fn settle(&mut self, log: &Arc<dyn EventLog>) {
+        loop {
+            if let Some(task) = self.running.take()
+                && let Err(e) = task.await
+            {
+                tracing::warn!(error = %e, "acknowledging the event log");
+            }
+            if self.next.is_none() {
+                return;
+            }
+            self.start(log);
+        }
+    }
+}
+
 /// Background maintenance in flight.
 struct Maintenance {
     task: JoinHandle<Vec<Result<MaintenanceDone, LedgerError>>>,
@@ -384,12 +443,16 @@ pub struct Ledger {
     /// Furthest position read in this process: records before it were counted already.
     max_seen: Position,
     batch: Batch,
-    dedupe: DedupeSet,
+    /// Ids committed within the horizon: shared with the decoders while a batch fills,
+    /// changed only between batches.
+    dedupe: Arc<DedupeSet>,
     last_prune: Instant,
     /// A commit failed: the tables must be re-read before anything else is written.
     needs_reload: bool,
     /// Reads from the log running ahead of the decoding.
     read_ahead: Option<ReadAhead>,
+    /// The log's acknowledgement running in the background.
+    reclaim: Reclaim,
     shared: Arc<Shared>,
     last_vacuum: Option<Instant>,
 }
@@ -414,6 +477,12 @@ async fn read_log(
         .await
         .map_err(|e| LedgerError::Runtime(e.to_string()))?
         .map_err(LedgerError::from)
+}
+
+/// The dedupe set to change between batches: the decoders of the last batch are done
+/// with it (a decoder left running after a failure gets its own copy).
+fn dedupe_mut(dedupe: &mut Arc<DedupeSet>) -> &mut DedupeSet {
+    Arc::make_mut(dedupe)
 }
 
 /// The dedupe set rebuilt from the ids the tables hold within the horizon.
@@ -502,10 +571,11 @@ impl Ledger {
             read_pos,
             max_seen: Position::START,
             batch: Batch::default(),
-            dedupe,
+            dedupe: Arc::new(dedupe),
             last_prune: Instant::now(),
             needs_reload: false,
             read_ahead: None,
+            reclaim: Reclaim::default(),
             shared,
             last_vacuum: None,
         };
@@ -536,41 +606,73 @@ impl Ledger {
         self.handle().status().await
     }
 
-    /// Read what the log has now (up to one batch) and commit it: one batch.
+    /// Read what the log has now (up to one batch) and commit it: one batch. Returns once
+    /// the log is acknowledged up to what every table committed.
     pub async fn step(&mut self) -> Result<StepSummary, LedgerError> {
         self.fill(None).await?;
-        self.flush(false).await
+        let summary = self.flush(false).await;
+        self.reclaim.settle(&self.log).await;
+        summary
     }
 
     /// Materialize everything up to the log's durable end (as of the call), reporting
-    /// `progress(done, total)` in log records, then record the end position in every
-    /// table. Compacts afterwards if a backfill left many small files.
+    /// [`Progress`] after each commit, with every table recording the end position of
+    /// each batch (the log is acknowledged, and reclaimed, in the background as it
+    /// goes, and up to the end before this returns).
+    /// Compacts afterwards if a backfill left many small files.
     pub async fn catch_up(
         &mut self,
-        progress: impl Fn(u64, u64),
+        progress: impl Fn(Progress),
     ) -> Result<StepSummary, LedgerError> {
         self.confirm().await?;
         let target = self.log.durable_end();
-        let total = self.count_records(target).await?;
+        // The log tells how much lies ahead without reading it (the local log in bytes,
+        // Kafka in records); other logs are counted record by record.
+        let (total, unit, spans) = match self.log.span(self.read_pos, target) {
+            Some(Span::Bytes(b)) => (b, ProgressUnit::LogBytes, true),
+            Some(Span::Records(n)) => (n, ProgressUnit::Records, true),
+            None => (
+                self.count_records(target).await?,
+                ProgressUnit::Records,
+                false,
+            ),
+        };
+        let report = |done: u64| {
+            progress(Progress {
+                done: done.min(total),
+                total,
+                unit,
+            })
+        };
         let mut total_summary = StepSummary {
             end: self.read_pos,
             ..StepSummary::default()
         };
         let mut done = 0u64;
-        progress(0, total);
+        report(0);
         while self.read_pos < target {
+            let from = self.read_pos;
             let read = self.fill(Some(target)).await?;
-            let step = self.flush(false).await?;
-            add_summary(&mut total_summary, &step);
-            done = done.saturating_add(read);
-            progress(done.min(total), total);
+            // Measured before the commit, which may reclaim the log below it.
+            let step = match self.log.span(from, self.read_pos) {
+                Some(Span::Bytes(n) | Span::Records(n)) if spans => n,
+                _ => read,
+            };
+            // Tables without new rows record the position too, so the log is reclaimed
+            // as the catch-up goes rather than held whole until it ends.
+            let summary = self.flush(true).await?;
+            add_summary(&mut total_summary, &summary);
+            done = done.saturating_add(step);
+            report(done);
             if read == 0 {
                 break;
             }
         }
-        let last = self.flush(true).await?;
-        add_summary(&mut total_summary, &last);
-        progress(total, total);
+        let last = self.flush(true).await;
+        // The log is acknowledged up to the end before returning.
+        self.reclaim.settle(&self.log).await;
+        add_summary(&mut total_summary, &last?);
+        report(total);
         let due: Vec<usize> = (0..self.tables.len())
             .filter(|&i| self.tables[i].due.optimize_due(&self.config))
             .collect();
@@ -637,6 +739,7 @@ impl Ledger {
                 }
             }
         }
+        self.reclaim.settle(&self.log).await;
         if let Err(e) = &result {
             tracing::error!(code = e.code(), error = %e, "ledger stopped with uncommitted records; they are committed on the next start");
         }
@@ -796,8 +899,10 @@ impl Ledger {
             *taken += n as u64;
             let covered: [Position; 3] =
                 std::array::from_fn(|i| self.tables.get(i).map_or(Position::START, |s| s.covered));
+            // Unchanged until the batch commits: the decoders look committed ids up.
+            let committed = Arc::clone(&self.dedupe);
             inflight.push_back(tokio::task::spawn_blocking(move || {
-                decode_read(&records, covered, fresh_from)
+                decode_read(&records, covered, fresh_from, &committed)
             }));
             while inflight.len() >= DECODERS {
                 if let Some(task) = inflight.pop_front() {
@@ -816,14 +921,14 @@ impl Ledger {
             Ok(Err(e)) => return Err(self.failed(e)),
             Err(e) => return Err(self.failed(LedgerError::Runtime(e.to_string()))),
         };
-        let mut duplicates = 0u64;
+        let mut duplicates = read.duplicates;
         for (i, slot) in read.tables.into_iter().enumerate() {
             let Some((rows, keys, first_fresh)) = slot else {
                 continue;
             };
             let mut keep: Option<Vec<bool>> = None;
             for (j, key) in keys.iter().enumerate() {
-                if self.dedupe.contains(key) || !self.batch.seen.insert(*key) {
+                if !self.batch.seen.insert(*key) {
                     if j >= first_fresh {
                         tracing::debug!(event_id = %uuid::Uuid::from_u128(key.1), "dropping a duplicate event");
                         duplicates += 1;
@@ -919,6 +1024,12 @@ impl Ledger {
         }
         let end = self.read_pos;
         let mut batch = std::mem::take(&mut self.batch);
+        // The next batch reuses the set of ids seen, sized as this one was.
+        let mut seen = std::mem::take(&mut batch.seen);
+        let size = seen.len();
+        seen.clear();
+        seen.shrink_to(size);
+        self.batch.seen = seen;
         let mut summary = StepSummary {
             records: batch.records as u64,
             duplicates: batch.duplicates,
@@ -941,7 +1052,7 @@ impl Ledger {
             };
             let rows = keys.len() as u64;
             let files_per_day = self.commit_rows(i, files, end).await?;
-            self.dedupe.extend(keys);
+            dedupe_mut(&mut self.dedupe).extend(keys);
             let s = &mut self.tables[i];
             for (day, files) in files_per_day {
                 *s.due.new_files_per_day.entry(day).or_insert(0) += files;
@@ -960,17 +1071,10 @@ impl Ledger {
             .collect::<Option<Vec<_>>>()
             .and_then(|v| v.into_iter().min())
         {
-            let log = Arc::clone(&self.log);
-            match tokio::task::spawn_blocking(move || log.checkpoint(low)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "acknowledging the event log (retention checkpoint)")
-                }
-                Err(e) => tracing::warn!(error = %e, "acknowledging the event log"),
-            }
+            self.reclaim.request(&self.log, low);
         }
         if self.last_prune.elapsed() >= PRUNE_EVERY {
-            self.dedupe.prune(Timestamp::now());
+            dedupe_mut(&mut self.dedupe).prune(Timestamp::now());
             self.last_prune = Instant::now();
         }
         self.publish();
@@ -1146,7 +1250,7 @@ impl Ledger {
             // whose success it did not see) are in the tables but not in the dedupe
             // set: rebuild it, so a copy of one of them later in the log is still
             // dropped.
-            self.dedupe = load_dedupe(&self.config, &self.tables).await?;
+            self.dedupe = Arc::new(load_dedupe(&self.config, &self.tables).await?);
         }
         if moved {
             self.shared.state.lock().counters.source_moved += 1;

@@ -4,14 +4,14 @@
 //! vacuum the tables, and show lag, last commit and size of each table. Wiring only: the
 //! work is `tally_ledger::Ledger`.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 use tally_events::log::EventLog;
-use tally_ledger::Ledger;
+use tally_ledger::{Ledger, Progress, ProgressUnit};
 
 use crate::GlobalArgs;
 use crate::config::TallyConfig;
@@ -119,13 +119,10 @@ async fn run_kafka(
     );
     let mut totals = [0u64; 3];
     for (p, ledger) in ledgers.iter_mut().enumerate() {
-        let s = ledger
-            .catch_up(|done, total| {
-                eprint!("\rpartition {p}: {done}/{total} records   ");
-                let _ = std::io::stderr().flush();
-            })
-            .await?;
-        eprintln!();
+        let bar = CatchUpBar::new(&format!("partition {p}"));
+        let s = ledger.catch_up(|progress| bar.update(progress)).await;
+        bar.finish();
+        let s = s?;
         for (t, n) in totals.iter_mut().zip(s.rows) {
             *t += n;
         }
@@ -260,11 +257,42 @@ fn readiness(probes: &[LedgerProbe]) -> axum::response::Response {
     (status, axum::Json(Readiness { ready, checks })).into_response()
 }
 
-/// `\r`-rewritten progress of a catch-up on stderr.
-fn progress(done: u64, total: u64) {
-    let pct = (done * 100).checked_div(total).unwrap_or(100);
-    eprint!("\rmaterializing: {done}/{total} records ({pct}%)   ");
-    let _ = std::io::stderr().flush();
+/// A progress bar on stderr for a catch-up (drawn only when stderr is a terminal), in
+/// the unit the log reports: bytes of the local log, records of a Kafka partition.
+struct CatchUpBar {
+    bar: ProgressBar,
+    styled: std::sync::Once,
+}
+
+impl CatchUpBar {
+    fn new(prefix: &str) -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_prefix(prefix.to_owned());
+        Self {
+            bar,
+            styled: std::sync::Once::new(),
+        }
+    }
+
+    fn update(&self, p: Progress) {
+        self.styled.call_once(|| {
+            let template = match p.unit {
+                ProgressUnit::LogBytes => {
+                    "{prefix} [{bar:40}] {binary_bytes}/{binary_total_bytes} of log, {binary_bytes_per_sec}, ETA {eta}"
+                }
+                ProgressUnit::Records => "{prefix} [{bar:40}] {pos}/{len} records, {per_sec}, ETA {eta}",
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                self.bar.set_style(style.progress_chars("=> "));
+            }
+            self.bar.set_length(p.total);
+        });
+        self.bar.set_position(p.done);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
@@ -276,8 +304,10 @@ pub(crate) fn run(global: &GlobalArgs, cmd: LedgerCommand) -> Result<()> {
         LedgerCommand::Run { once, admin_listen } => super::runtime()?.block_on(async move {
             let mut ledger = open(&cfg).await?;
             if once {
-                let s = ledger.catch_up(progress).await?;
-                eprintln!();
+                let bar = CatchUpBar::new("materializing");
+                let s = ledger.catch_up(|p| bar.update(p)).await;
+                bar.finish();
+                let s = s?;
                 println!(
                     "committed {} usage, {} decision and {} correction event(s); {} duplicate(s) dropped, {} undecodable; position {}",
                     s.rows[0], s.rows[1], s.rows[2], s.duplicates, s.undecodable, s.end

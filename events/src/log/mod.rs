@@ -13,6 +13,7 @@ mod spool;
 use std::fmt;
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use receipt::Receipt;
@@ -61,8 +62,9 @@ pub struct Record {
     pub position: Position,
     /// Where the next record starts: the position to resume reading from.
     pub next: Position,
-    /// The opaque payload (an encoded event).
-    pub payload: Vec<u8>,
+    /// The opaque payload (an encoded event); records read together may share one
+    /// buffer.
+    pub payload: Bytes,
 }
 
 /// When appended records are made durable (fsync) before being acknowledged.
@@ -200,4 +202,20 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The position after the last durable record.
     fn durable_end(&self) -> Position;
+
+    /// How much of the log lies from `from` up to `to`, told without reading records
+    /// (for progress reports), or `None` when the log cannot tell.
+    fn span(&self, from: Position, to: Position) -> Option<Span> {
+        let _ = (from, to);
+        None
+    }
+}
+
+/// An amount of log between two positions, in the log's own unit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Span {
+    /// Records (a Kafka partition: offsets count records).
+    Records(u64),
+    /// Bytes of framed records (the local segment log: positions are byte offsets).
+    Bytes(u64),
 }

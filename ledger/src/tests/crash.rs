@@ -207,7 +207,7 @@ async fn log_is_acknowledged_only_up_to_what_every_table_committed() -> TestResu
     ledger.step().await?;
     // decisions and corrections have recorded nothing yet: nothing may be dropped.
     assert_eq!(log.stats().segments, segments);
-    ledger.catch_up(|_, _| {}).await?;
+    ledger.catch_up(|_| {}).await?;
     assert!(log.stats().segments < 2, "{}", log.stats().segments);
     for p in ledger.committed_positions().values() {
         assert_eq!(*p, log.durable_end());

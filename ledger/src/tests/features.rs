@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::Schema;
 use tally_events::arrow::{PARTITION_COLUMN, Table, usage_to_batch, with_day_column};
-use tally_events::log::{EventLog, Position};
+use tally_events::log::{EventLog, Position, Span};
 use tally_events::{Event, Timestamp};
 
 use super::support::*;
 use crate::config::LedgerConfig;
+use crate::progress::{Progress, ProgressUnit};
 
 const DAY_MICROS: i64 = 86_400_000_000;
 
@@ -309,16 +310,36 @@ async fn catch_up_reports_progress_and_commits_everything() -> TestResult {
     let mut ledger = env.ledger(cfg).await?;
     let calls = std::sync::Mutex::new(Vec::new());
     let summary = ledger
-        .catch_up(|done, total| {
+        .catch_up(|p| {
             if let Ok(mut c) = calls.lock() {
-                c.push((done, total));
+                c.push(p);
             }
         })
         .await?;
     let calls = calls.into_inner().map_err(|_| "poisoned")?;
-    assert_eq!(calls.first(), Some(&(0, 2_500)));
-    assert_eq!(calls.last(), Some(&(2_500, 2_500)));
-    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+    // The local log measures itself in bytes: the total is what lies between the start
+    // and its end, known before reading a record.
+    let total = match env.log.span(Position::START, env.log.durable_end()) {
+        Some(Span::Bytes(b)) => b,
+        other => return Err(format!("{other:?}").into()),
+    };
+    assert!(total > 2_500 * 100, "{total}");
+    let at = |done| Progress {
+        done,
+        total,
+        unit: ProgressUnit::LogBytes,
+    };
+    assert_eq!(calls.first(), Some(&at(0)));
+    assert_eq!(calls.last(), Some(&at(total)));
+    assert!(
+        calls.windows(2).all(|w| w[0].done <= w[1].done),
+        "{calls:?}"
+    );
+    // Progress moves with each batch of 1,000 (not only at the end).
+    assert!(
+        calls.iter().any(|p| p.done > 0 && p.done < total),
+        "{calls:?}"
+    );
     assert!(calls.len() >= 4, "{calls:?}");
     assert_eq!(summary.rows, [2_250, 250, 0]);
     assert_eq!(rows(&env.tables(), "usage").await?, 2_250);

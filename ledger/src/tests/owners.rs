@@ -122,7 +122,7 @@ async fn two_ledgers_of_one_source_running_side_by_side_store_each_event_once() 
 
     // What neither committed (if anything) is committed by the next start.
     let mut last = env.ledger(config).await?;
-    last.catch_up(|_, _| {}).await?;
+    last.catch_up(|_| {}).await?;
     let n = (BURSTS * PER_BURST) as i64;
     assert_usage(&env, n).await?;
     let (ca, cb) = (

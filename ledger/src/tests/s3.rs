@@ -131,7 +131,7 @@ async fn tables_on_an_s3_compatible_store() -> TestResult {
     for p in ledger.committed_positions().values() {
         assert_ne!(*p, tally_events::log::Position::START);
     }
-    let step = ledger.catch_up(|_, _| {}).await?;
+    let step = ledger.catch_up(|_| {}).await?;
     assert_eq!(step.total_rows(), 0);
     assert_eq!(step.duplicates, events.len() as u64);
     let compacted = ledger.optimize().await?;

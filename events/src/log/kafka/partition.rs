@@ -11,7 +11,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::{KafkaConfig, KafkaReader};
-use crate::log::{EventLog, LogError, Position, Receipt, Record};
+use crate::log::{EventLog, LogError, Position, Receipt, Record, Span};
 
 /// How long one `read` waits for a first record.
 const POLL_WAIT: Duration = Duration::from_millis(200);
@@ -104,6 +104,11 @@ impl EventLog for KafkaPartitionLog {
         Ok(())
     }
 
+    fn span(&self, from: Position, to: Position) -> Option<Span> {
+        let (from, to) = (self.on_partition(from), self.on_partition(to));
+        Some(Span::Records(to.offset.saturating_sub(from.offset)))
+    }
+
     fn durable_end(&self) -> Position {
         let guard = self.reader.lock();
         match guard.0.watermarks(self.partition) {
@@ -148,7 +153,7 @@ mod tests {
             .map(|&o| Record {
                 position: Position::new(2, o),
                 next: Position::new(2, o + 1),
-                payload: Vec::new(),
+                payload: bytes::Bytes::new(),
             })
             .collect()
     }

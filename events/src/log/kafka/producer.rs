@@ -251,7 +251,10 @@ pub(super) fn to_record(message: &impl Message) -> Record {
     Record {
         position: Position::new(partition, offset),
         next: Position::new(partition, offset + 1),
-        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: message
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
     }
 }
 
