@@ -334,7 +334,7 @@ fn unknown_fields_values_and_repeated_labels_read_as_serde_reads_them() {
     let canonical = small_usage(None, -3);
     let body = canonical.trim_start_matches('{').trim_end_matches('}');
     let payload = format!(
-        "{{\"future\":\"x\",\"n\":-12,\"b\":false,\"z\":null,{body},\"labels\":{{\"team\":\"a\",\"app\":\"b\",\"team\":\"c\"}},\"route\":\"teleport\"}}"
+        "{{\"future\":\"x\",\"n\":-12,\"b\":false,\"z\":null,\"tenXnt\":\"intruder\",\"input_Xokens\":7,{body},\"cXst_micros\":5,\"eveXt_type\":\"decision\",\"labels\":{{\"team\":\"a\",\"app\":\"b\",\"team\":\"c\"}},\"route\":\"teleport\"}}"
     );
     let w = agree(payload.as_bytes());
     let Some(w) = w else {
@@ -349,4 +349,7 @@ fn unknown_fields_values_and_repeated_labels_read_as_serde_reads_them() {
         BTreeMap::from([("app".into(), "b".into()), ("team".into(), "c".into())])
     );
     assert_eq!(u.cost_micros, -3);
+    // Unknown keys of a known field's length, first and last byte are skipped too.
+    assert_eq!(u.header.tenant, "acme");
+    assert_eq!(u.tokens.input_tokens, 0);
 }

@@ -5,8 +5,9 @@
 //!
 //! Horizon: an id is remembered while the time it carries (UUIDv7 milliseconds; for
 //! other UUID versions, the event's `occurred_at`) is within `dedupe_horizon_hours` of
-//! now. A duplicate of an event older than that is not detected. Memory: about 50 bytes
-//! per event in the horizon.
+//! now (ids are dropped by whole hours, so up to an hour longer). A duplicate of an event
+//! older than that is not detected. Memory: 16 bytes per id plus the hash tables' slack,
+//! about 20 to 40 bytes per event in the horizon.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -54,8 +55,8 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// A set of [`DedupeKey`]s with the cheap hasher.
-pub(crate) type KeySet = HashSet<DedupeKey, BuildHasherDefault<KeyHasher>>;
+/// A set of event ids (the 128 bits of [`DedupeKey`]s) with the cheap hasher.
+pub(crate) type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
 
 /// The key of an event: the id's own UUIDv7 time, or `occurred_at` for other versions.
 pub(crate) fn dedupe_key(id: &EventId, occurred_at: Timestamp) -> DedupeKey {
@@ -99,7 +100,7 @@ impl DedupeSet {
     pub(crate) fn contains(&self, key: &DedupeKey) -> bool {
         self.buckets
             .get(&key.0.div_euclid(BUCKET_MS))
-            .is_some_and(|b| b.contains(key))
+            .is_some_and(|b| b.contains(&key.1))
     }
 
     /// Remember ids (call only once their commit succeeded).
@@ -110,26 +111,21 @@ impl DedupeSet {
             let hour = first.0.div_euclid(BUCKET_MS);
             let bucket = self.buckets.entry(hour).or_default();
             let before = bucket.len();
-            bucket.insert(first);
+            bucket.insert(first.1);
             while let Some(key) = keys.next_if(|k| k.0.div_euclid(BUCKET_MS) == hour) {
-                bucket.insert(key);
+                bucket.insert(key.1);
             }
             self.len += bucket.len() - before;
         }
     }
 
-    /// Forget ids older than the horizon.
+    /// Forget ids older than the horizon (whole hours: the hour the cutoff falls in is kept).
     pub(crate) fn prune(&mut self, now: Timestamp) {
         let cutoff = self.cutoff_ms(now);
         let keep = self.buckets.split_off(&cutoff.div_euclid(BUCKET_MS));
         let dropped: usize = self.buckets.values().map(HashSet::len).sum();
         self.buckets = keep;
         self.len -= dropped;
-        if let Some((_, first)) = self.buckets.iter_mut().next() {
-            let before = first.len();
-            first.retain(|k| k.0 >= cutoff);
-            self.len -= before - first.len();
-        }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -210,30 +210,48 @@ fn in_time_order(chunk: &[RecordBatch]) -> bool {
     true
 }
 
-/// A table's [`FileSet`], idle or busy writing a chunk in its own task.
+/// Chunks queued for a table's encoder beyond the one it is writing: the decoding goes
+/// on while a chunk encodes, instead of waiting for it.
+const QUEUED_CHUNKS: usize = 2;
+
+/// A table's [`FileSet`] writing in a task of its own, fed chunks through a short queue.
 #[derive(Debug)]
-pub(crate) enum Slot {
-    Idle(Box<FileSet>),
-    Busy(JoinHandle<Result<Box<FileSet>, LedgerError>>),
+pub(crate) struct Slot {
+    chunks: tokio::sync::mpsc::Sender<Vec<RecordBatch>>,
+    task: JoinHandle<Result<Box<FileSet>, LedgerError>>,
 }
 
 impl Slot {
-    /// The file set once its current write is done.
-    pub(crate) async fn ready(self) -> Result<Box<FileSet>, LedgerError> {
-        match self {
-            Slot::Idle(files) => Ok(files),
-            Slot::Busy(task) => task
-                .await
-                .map_err(|e| LedgerError::Runtime(e.to_string()))?,
-        }
+    pub(crate) fn start(mut files: Box<FileSet>) -> Self {
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Vec<RecordBatch>>(QUEUED_CHUNKS);
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                files.write(chunk).await?;
+            }
+            Ok(files)
+        });
+        Self { chunks, task }
     }
 
-    /// Start writing `chunk` (after the write in progress).
+    /// The file set once every chunk queued is written.
+    pub(crate) async fn ready(self) -> Result<Box<FileSet>, LedgerError> {
+        drop(self.chunks);
+        self.task
+            .await
+            .map_err(|e| LedgerError::Runtime(e.to_string()))?
+    }
+
+    /// Queue `chunk` (waiting while the queue is full); the writer's error if it failed.
     pub(crate) async fn write(self, chunk: Vec<RecordBatch>) -> Result<Slot, LedgerError> {
-        let mut files = self.ready().await?;
-        Ok(Slot::Busy(tokio::spawn(async move {
-            files.write(chunk).await?;
-            Ok(files)
-        })))
+        if self.chunks.send(chunk).await.is_ok() {
+            return Ok(self);
+        }
+        // The writer stopped on an error: that error.
+        match self.ready().await {
+            Err(e) => Err(e),
+            Ok(_) => Err(LedgerError::Runtime(
+                "the table's file writer stopped".into(),
+            )),
+        }
     }
 }

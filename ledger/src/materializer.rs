@@ -928,7 +928,7 @@ impl Ledger {
             };
             let mut keep: Option<Vec<bool>> = None;
             for (j, key) in keys.iter().enumerate() {
-                if !self.batch.seen.insert(*key) {
+                if !self.batch.seen.insert(key.1) {
                     if j >= first_fresh {
                         tracing::debug!(event_id = %uuid::Uuid::from_u128(key.1), "dropping a duplicate event");
                         duplicates += 1;
@@ -994,7 +994,7 @@ impl Ledger {
         let files = match self.batch.files[i].take() {
             Some(files) => files,
             None => match FileSet::for_table(&self.tables[i].delta, table) {
-                Ok(Some(files)) => TableFiles::Streaming(Slot::Idle(Box::new(files))),
+                Ok(Some(files)) => TableFiles::Streaming(Slot::start(Box::new(files))),
                 Ok(None) => TableFiles::Evolving(Vec::new()),
                 Err(e) => return Err(self.failed(e)),
             },

@@ -37,6 +37,15 @@ fn special(x: u64) -> u64 {
         | below(x, 0x20)
 }
 
+/// A field name's tag: its length, first and last byte (0 for the empty name).
+const fn tag(name: &[u8]) -> u32 {
+    match name {
+        [] => 0,
+        [first, .., last] => ((name.len() as u32) << 16) | ((*first as u32) << 8) | *last as u32,
+        [only] => (1 << 16) | ((*only as u32) << 8) | *only as u32,
+    }
+}
+
 struct Reader<'a> {
     s: &'a str,
     i: usize,
@@ -237,10 +246,17 @@ impl<'a> Reader<'a> {
     /// Read the value of `key` into its field of `w` (a field's bit in `seen`, its name
     /// on the wire, how its value is read).
     fn field(&mut self, w: &mut WireEvent<'a>, key: &str) -> Option<()> {
+        // A key is found by its tag (its length, first and last byte: unique among the
+        // field names) and then compared once, rather than against every name in turn.
         macro_rules! fields {
             ($($n:literal $field:ident: $read:ident($($arg:expr)?),)+) => {
-                match key {
-                    $(stringify!($field) => {
+                #[allow(non_upper_case_globals)]
+                mod tags {
+                    use super::tag;
+                    $(pub(super) const $field: u32 = tag(stringify!($field).as_bytes());)+
+                }
+                match tag(key.as_bytes()) {
+                    $(tags::$field if key == stringify!($field) => {
                         self.first($n)?;
                         w.$field = self.$read($($arg)?)?;
                     })+
