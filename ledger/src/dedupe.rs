@@ -81,6 +81,10 @@ pub(crate) struct DedupeSet {
     horizon_ms: i64,
     buckets: BTreeMap<i64, KeySet>,
     len: usize,
+    /// The latest time of any id filed: an id of a later time is not in the set, which
+    /// is the usual case for fresh events (ids are stamped when events are made, and the
+    /// log holds them in about that order), answered without touching the tables.
+    newest_ms: i64,
 }
 
 impl DedupeSet {
@@ -89,6 +93,7 @@ impl DedupeSet {
             horizon_ms: i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX),
             buckets: BTreeMap::new(),
             len: 0,
+            newest_ms: i64::MIN,
         }
     }
 
@@ -98,9 +103,11 @@ impl DedupeSet {
     }
 
     pub(crate) fn contains(&self, key: &DedupeKey) -> bool {
-        self.buckets
-            .get(&key.0.div_euclid(BUCKET_MS))
-            .is_some_and(|b| b.contains(&key.1))
+        key.0 <= self.newest_ms
+            && self
+                .buckets
+                .get(&key.0.div_euclid(BUCKET_MS))
+                .is_some_and(|b| b.contains(&key.1))
     }
 
     /// Remember ids (call only once their commit succeeded).
@@ -108,11 +115,13 @@ impl DedupeSet {
         // Keys come mostly in time order: one bucket lookup per run of an hour's keys.
         let mut keys = keys.into_iter().peekable();
         while let Some(first) = keys.next() {
+            self.newest_ms = self.newest_ms.max(first.0);
             let hour = first.0.div_euclid(BUCKET_MS);
             let bucket = self.buckets.entry(hour).or_default();
             let before = bucket.len();
             bucket.insert(first.1);
             while let Some(key) = keys.next_if(|k| k.0.div_euclid(BUCKET_MS) == hour) {
+                self.newest_ms = self.newest_ms.max(key.0);
                 bucket.insert(key.1);
             }
             self.len += bucket.len() - before;
@@ -130,6 +139,40 @@ impl DedupeSet {
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+}
+
+/// The ids of the batch being filled, to drop an event that comes twice within it. Ids
+/// arrive mostly in ascending order (stamped when events are made, appended in about
+/// that order), so they are kept as an ascending run that grows at its end, without
+/// hashing; an id below the run's last is looked up in the run and filed in a hash set.
+#[derive(Debug, Default)]
+pub(crate) struct BatchIds {
+    run: Vec<DedupeKey>,
+    others: KeySet,
+}
+
+impl BatchIds {
+    /// Add `key`; false if the batch holds it already.
+    pub(crate) fn insert(&mut self, key: DedupeKey) -> bool {
+        if self.run.last().is_none_or(|last| key > *last) {
+            self.run.push(key);
+            return true;
+        }
+        self.run.binary_search(&key).is_err() && self.others.insert(key.1)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.run.len() + self.others.len()
+    }
+
+    /// Empty, keeping room for as many ids as it held (batches are about the same size).
+    pub(crate) fn clear(&mut self) {
+        let others = self.others.len();
+        self.run.clear();
+        self.others.clear();
+        self.others.shrink_to(others);
     }
 }
 
@@ -181,6 +224,38 @@ mod tests {
         );
         set.extend([hour(3, 5), hour(3, 8)]);
         assert_eq!(set.len(), 7);
+    }
+
+    #[test]
+    fn fresh_ids_past_the_newest_are_not_contained_and_older_ones_are_looked_up() {
+        let mut set = DedupeSet::new(Duration::from_secs(1_000 * 3600));
+        assert!(!set.contains(&(0, 1)));
+        set.extend([(10, 1), (5, 2), (20, 3)]);
+        assert!(set.contains(&(5, 2)) && set.contains(&(20, 3)) && set.contains(&(10, 1)));
+        assert!(!set.contains(&(21, 3)), "later than anything filed");
+        assert!(!set.contains(&(7, 9)));
+        set.extend([(30, 4)]);
+        assert!(set.contains(&(30, 4)) && set.contains(&(5, 2)));
+    }
+
+    #[test]
+    fn batch_ids_find_repeats_in_and_out_of_order() {
+        let mut ids = BatchIds::default();
+        for k in [(1, 1), (2, 5), (2, 6), (4, 0)] {
+            assert!(ids.insert(k), "{k:?} is new");
+        }
+        // Repeats of the run's last, of an id inside it, and of an out-of-order id.
+        assert!(!ids.insert((4, 0)));
+        assert!(!ids.insert((2, 5)));
+        assert!(ids.insert((2, 4)), "new, below the run's last");
+        assert!(!ids.insert((2, 4)));
+        assert!(ids.insert((9, 9)));
+        assert!(!ids.insert((2, 4)) && !ids.insert((1, 1)));
+        assert_eq!(ids.len(), 6);
+        ids.clear();
+        assert_eq!(ids.len(), 0);
+        assert!(ids.insert((2, 4)) && ids.insert((1, 1)));
+        assert!(!ids.insert((2, 4)));
     }
 
     #[test]

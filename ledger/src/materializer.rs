@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::LedgerConfig;
 use crate::convert::{sorted_with_day, table_index};
-use crate::dedupe::{DedupeKey, DedupeSet, KeySet, dedupe_key};
+use crate::dedupe::{BatchIds, DedupeKey, DedupeSet, dedupe_key};
 use crate::error::LedgerError;
 use crate::files::{FileSet, Slot, Written};
 use crate::maintenance::{self, Due, OptimizeSummary, VacuumSummary};
@@ -205,7 +205,7 @@ struct Batch {
     /// Per table: the files written so far.
     files: [Option<TableFiles>; 3],
     keys: [Vec<DedupeKey>; 3],
-    seen: KeySet,
+    seen: BatchIds,
     records: usize,
     bytes: usize,
     duplicates: u64,
@@ -321,6 +321,20 @@ fn decode_read(
         }
     }
     Ok(out)
+}
+
+/// The positions `(table, row)` of the tables' keys (each list ascending, as the log
+/// usually holds them), merged into one ascending order: the batch's ids then grow at
+/// their end (see [`BatchIds`]).
+fn merged_order(keys: [&[DedupeKey]; 3]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut next = [0usize; 3];
+    std::iter::from_fn(move || {
+        let (i, _) = (0..3)
+            .filter_map(|i| keys[i].get(next[i]).map(|k| (i, k)))
+            .min_by_key(|&(_, k)| *k)?;
+        next[i] += 1;
+        Some((i, next[i] - 1))
+    })
 }
 
 /// Reads of the log running ahead of decoding: one blocking task reads chunk after chunk
@@ -922,20 +936,26 @@ impl Ledger {
             Err(e) => return Err(self.failed(LedgerError::Runtime(e.to_string()))),
         };
         let mut duplicates = read.duplicates;
-        for (i, slot) in read.tables.into_iter().enumerate() {
-            let Some((rows, keys, first_fresh)) = slot else {
+        let keys: [&[DedupeKey]; 3] = std::array::from_fn(|i| {
+            read.tables[i]
+                .as_ref()
+                .map_or(&[][..], |(_, keys, _)| keys.as_slice())
+        });
+        let mut keep: [Option<Vec<bool>>; 3] = Default::default();
+        for (i, j) in merged_order(keys) {
+            let key = keys[i][j];
+            if !self.batch.seen.insert(key) {
+                if read.tables[i].as_ref().is_some_and(|t| j >= t.2) {
+                    tracing::debug!(event_id = %uuid::Uuid::from_u128(key.1), "dropping a duplicate event");
+                    duplicates += 1;
+                }
+                keep[i].get_or_insert_with(|| vec![true; keys[i].len()])[j] = false;
+            }
+        }
+        for (i, (slot, keep)) in read.tables.into_iter().zip(keep).enumerate() {
+            let Some((rows, keys, _)) = slot else {
                 continue;
             };
-            let mut keep: Option<Vec<bool>> = None;
-            for (j, key) in keys.iter().enumerate() {
-                if !self.batch.seen.insert(key.1) {
-                    if j >= first_fresh {
-                        tracing::debug!(event_id = %uuid::Uuid::from_u128(key.1), "dropping a duplicate event");
-                        duplicates += 1;
-                    }
-                    keep.get_or_insert_with(|| vec![true; keys.len()])[j] = false;
-                }
-            }
             let (rows, keys) = match keep {
                 None => (rows, keys),
                 Some(keep) => {
@@ -1024,11 +1044,9 @@ impl Ledger {
         }
         let end = self.read_pos;
         let mut batch = std::mem::take(&mut self.batch);
-        // The next batch reuses the set of ids seen, sized as this one was.
+        // The next batch reuses the ids' room.
         let mut seen = std::mem::take(&mut batch.seen);
-        let size = seen.len();
         seen.clear();
-        seen.shrink_to(size);
         self.batch.seen = seen;
         let mut summary = StepSummary {
             records: batch.records as u64,
