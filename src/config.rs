@@ -35,6 +35,9 @@ pub(crate) struct TallyConfig {
     pub(crate) admin: AdminConfig,
     /// The Postgres wire protocol listener.
     pub(crate) postgres: PostgresConfig,
+    /// The threads of `tally up` that do background work (ledger, queries, admin
+    /// servers) beside the proxy.
+    pub(crate) background: BackgroundConfig,
     /// Reconciliation against provider reports (`tally reconcile`): which provider keys
     /// are the gateway's, model aliases, tolerances.
     pub(crate) reconcile: tally_reconcile::config::ReconcileConfig,
@@ -56,6 +59,29 @@ impl Default for AdminConfig {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
             tls: None,
+        }
+    }
+}
+
+/// Background work in `tally up`: the ledger (decoding, Parquet encoding, commits,
+/// compaction), SQL queries and the admin and Postgres servers run on a runtime of their
+/// own, whose threads the operating system schedules after the proxy's, so a burst of
+/// background work does not queue requests behind it.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct BackgroundConfig {
+    /// Worker threads of the background runtime. Default: one per core.
+    pub(crate) threads: Option<usize>,
+    /// Nice value of the background threads (0–19; higher runs later when the cores are
+    /// busy, and still uses every idle cycle). 0 schedules them like the proxy's threads.
+    pub(crate) nice: u8,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            nice: 10,
         }
     }
 }
@@ -92,6 +118,7 @@ impl Default for TallyConfig {
             queries: tally_queries::QueryConfig::default(),
             admin: AdminConfig::default(),
             postgres: PostgresConfig::default(),
+            background: BackgroundConfig::default(),
             reconcile: tally_reconcile::config::ReconcileConfig::default(),
         }
     }

@@ -4,7 +4,8 @@
 //! every metric it exposes is documented in docs/operations.md (and the other way round);
 //! JSON logs carry the request's id, tenant and key id; SIGTERM during a slow stream lets
 //! the stream finish, exits 0, and the request's usage row is there exactly once after a
-//! restart.
+//! restart; background work (ledger, SQL) runs on threads at a lower CPU priority than
+//! the proxy's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -512,4 +513,53 @@ fn json_logs_carry_request_id_tenant_and_key_id() {
         !logs.contains("dev-acme-k7"),
         "the raw key reached the logs"
     );
+}
+
+/// `(thread name, nice value)` of every thread of process `pid`, from /proc.
+fn threads(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = entry.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the name's closing parenthesis start at field 3 (state); nice is 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let nice: i64 = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), nice));
+    }
+    out
+}
+
+#[test]
+fn background_work_runs_on_threads_scheduled_after_the_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tally::start_with(
+        &tmp.path().join("data"),
+        "127.0.0.1:0",
+        &[],
+        Stdio::inherit(),
+        &[("TALLY_BACKGROUND__NICE", "3")],
+    );
+    wait_ready(&t.admin);
+    assert_eq!(chat(&t.proxy, "dev-acme-k1", false).status(), 200);
+    let threads = threads(t.child.id());
+    let background: Vec<_> = threads.iter().filter(|(n, _)| n == "tally-bg").collect();
+    assert!(!background.is_empty(), "no background threads: {threads:?}");
+    assert!(background.iter().all(|(_, nice)| *nice == 3), "{threads:?}");
+    // The proxy's runtime workers, the log writer and the rest keep the default.
+    assert!(
+        threads.iter().any(|(n, _)| n == "tokio-rt-worker"),
+        "{threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .all(|(n, nice)| n == "tally-bg" || *nice == 0),
+        "{threads:?}"
+    );
+    t.stop();
 }

@@ -65,3 +65,103 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// The runtime for background work beside the proxy (see [`BackgroundConfig`]): its
+/// threads, async workers and blocking pool alike, are named `tally-bg` and run at
+/// `cfg.nice`; threads they start inherit it.
+pub(crate) fn background_runtime(
+    cfg: &crate::config::BackgroundConfig,
+) -> Result<tokio::runtime::Runtime> {
+    if cfg.nice > 19 {
+        anyhow::bail!(
+            "config.invalid: background.nice is {}, but nice values run from 0 to 19 (10 is the default)",
+            cfg.nice
+        );
+    }
+    let nice = i32::from(cfg.nice);
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all()
+        .thread_name("tally-bg")
+        .on_thread_start(move || {
+            if nice > 0 {
+                lower_thread_priority(nice);
+            }
+        });
+    if let Some(n) = cfg.threads {
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.build()?)
+}
+
+/// Set the calling thread's nice value (on Linux each thread has its own, addressed by
+/// its thread id). Raising it needs no privilege; a failure only leaves the thread at the
+/// proxy's priority, so it is logged, not fatal.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::warn!(
+            error = %e,
+            nice,
+            "cannot lower the priority of a background thread; it competes with the proxy"
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::background_runtime;
+    use crate::config::BackgroundConfig;
+
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(-100)
+    }
+
+    #[test]
+    fn background_threads_run_at_the_configured_nice_value() {
+        let before = own_nice();
+        let cfg = BackgroundConfig {
+            threads: Some(1),
+            nice: 7,
+        };
+        let rt = background_runtime(&cfg).expect("runtime");
+        let (worker, blocking, started) = rt.block_on(async {
+            let worker = tokio::spawn(async { own_nice() }).await.expect("task");
+            let blocking = tokio::task::spawn_blocking(own_nice).await.expect("task");
+            // A thread a background thread starts (the ledger's do) inherits its value.
+            let started =
+                tokio::task::spawn_blocking(|| std::thread::spawn(own_nice).join().unwrap_or(-100))
+                    .await
+                    .expect("task");
+            (worker, blocking, started)
+        });
+        assert_eq!((worker, blocking, started), (7, 7, 7));
+        // The calling thread (the proxy's side) is left as it was.
+        assert_eq!(own_nice(), before);
+        rt.shutdown_background();
+    }
+
+    #[test]
+    fn nice_zero_leaves_background_threads_at_the_default() {
+        let cfg = BackgroundConfig {
+            threads: Some(1),
+            nice: 0,
+        };
+        let rt = background_runtime(&cfg).expect("runtime");
+        let base = own_nice();
+        let worker = rt.block_on(async { tokio::spawn(async { own_nice() }).await });
+        assert_eq!(worker.expect("task"), base);
+        rt.shutdown_background();
+    }
+
+    #[test]
+    fn a_nice_value_out_of_range_is_refused_with_the_setting_named() {
+        let cfg = BackgroundConfig {
+            threads: None,
+            nice: 20,
+        };
+        let err = background_runtime(&cfg).expect_err("20 is out of range");
+        assert!(err.to_string().contains("background.nice"), "{err}");
+    }
+}

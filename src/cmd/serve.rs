@@ -66,7 +66,7 @@ pub(crate) fn run(global: &GlobalArgs, args: ServeArgs) -> Result<()> {
         println!(
             "tally admin API on {admin_scheme}://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)"
         );
-        let pg_task = match super::up::start_postgres(&cfg, &engine).await? {
+        let pg_task = match super::up::start_postgres(&cfg, &engine, &tokio::runtime::Handle::current()).await? {
             Some((addr, task)) => {
                 println!("tally postgres wire on {addr}");
                 Some(task)

@@ -66,6 +66,9 @@ pub(crate) struct StackOptions {
     pub(crate) dev_simulator: Option<SocketAddr>,
     /// A `tenant` label on the token, cost and decision metrics.
     pub(crate) metrics_tenant_label: bool,
+    /// Where the ledger, the admin server and the Postgres server run (the background
+    /// runtime, see `background` in the configuration). None: the current runtime.
+    pub(crate) background: Option<tokio::runtime::Handle>,
 }
 
 /// The embedded stack, started and serving everything but the proxy, which serves from
@@ -110,6 +113,10 @@ impl Stack {
     /// Start the simulator (dev mode), the event log and sink, the ledger, the query
     /// engine and servers, and bind the proxy. `cfg` gets the dev-mode changes.
     pub(crate) async fn start(cfg: &mut TallyConfig, opts: &StackOptions) -> Result<Stack> {
+        let bg = opts
+            .background
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
         let mut simulator_task = None;
         let mut simulator_addr = None;
         if let Some(listen) = opts.dev_simulator {
@@ -139,13 +146,15 @@ impl Stack {
         );
         // Ledger: tails the log into the Delta tables; queries see tables + uncommitted tail.
         let tables_root = cfg.tables_root();
-        let ledger = tally_ledger::Ledger::open(
-            cfg.ledger.clone(),
-            &tables_root,
-            log.clone() as Arc<dyn EventLog>,
-        )
-        .await
-        .context("opening the ledger")?;
+        let ledger = {
+            let (ledger_cfg, root, log) = (cfg.ledger.clone(), tables_root.clone(), log.clone());
+            bg.spawn(async move {
+                tally_ledger::Ledger::open(ledger_cfg, &root, log as Arc<dyn EventLog>).await
+            })
+            .await
+            .context("the ledger's start-up task failed")?
+            .context("opening the ledger")?
+        };
         let handle = ledger.handle();
         let (ledger_stop, ledger_stopped) = tokio::sync::oneshot::channel::<()>();
         let ledger_ended = Arc::new(AtomicBool::new(false));
@@ -154,7 +163,7 @@ impl Stack {
             let run = ledger.run(async move {
                 let _ = ledger_stopped.await;
             });
-            tokio::spawn(async move {
+            bg.spawn(async move {
                 let result = run.await;
                 ended.store(true, Ordering::Relaxed);
                 result
@@ -210,8 +219,8 @@ impl Stack {
             ))
         };
         let router = tally_queries::router(engine.clone()).merge(ops::router(ops));
-        let admin_task = tokio::spawn(async move { axum::serve(admin, router).await });
-        let (pg_addr, pg_task) = match start_postgres(cfg, &engine).await? {
+        let admin_task = bg.spawn(async move { axum::serve(admin, router).await });
+        let (pg_addr, pg_task) = match start_postgres(cfg, &engine, &bg).await? {
             Some((addr, task)) => (Some(addr), Some(task)),
             None => (None, None),
         };
@@ -315,12 +324,14 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     if let Some(l) = args.postgres_listen {
         cfg.postgres.listen = l;
     }
+    let background = super::background_runtime(&cfg.background)?;
     let opts = StackOptions {
         dev_simulator: args.dev.then_some(args.simulator_listen),
         metrics_tenant_label: args.metrics_tenant_label,
+        background: Some(background.handle().clone()),
     };
     let rt = super::runtime()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let stack = Stack::start(&mut cfg, &opts).await?;
         let (addr, admin_addr) = (stack.proxy_addr, stack.admin_addr);
         let admin_scheme = if cfg.admin.tls.is_some() { "https" } else { "http" };
@@ -346,7 +357,12 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             .await?;
         println!("tally stopped; event log durable up to {durable_end}");
         Ok(())
-    })
+    });
+    // The background tasks were stopped above (or are abandoned on an error); their
+    // listeners belong to the proxy's runtime, so theirs goes first.
+    background.shutdown_timeout(Duration::from_secs(5));
+    drop(rt);
+    result
 }
 
 /// After the proxy stopped accepting: wait for forwarding tasks (a stream whose client
@@ -446,10 +462,12 @@ pub(crate) async fn rebuild_counters(
     Ok(())
 }
 
-/// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it.
+/// Bind the Postgres wire listener (when `postgres.enabled`) and serve `engine` on it,
+/// in a task on `on`.
 pub(crate) async fn start_postgres(
     cfg: &TallyConfig,
     engine: &Arc<QueryEngine>,
+    on: &tokio::runtime::Handle,
 ) -> Result<Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>> {
     if !cfg.postgres.enabled {
         return Ok(None);
@@ -458,7 +476,7 @@ pub(crate) async fn start_postgres(
         .await
         .with_context(|| format!("postgres.bind: cannot listen on {}", cfg.postgres.listen))?;
     let addr = pg.local_addr()?;
-    let task = tokio::spawn(tally_queries::serve_postgres_on(engine.clone(), pg));
+    let task = on.spawn(tally_queries::serve_postgres_on(engine.clone(), pg));
     Ok(Some((addr, task)))
 }
 

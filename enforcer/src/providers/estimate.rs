@@ -3,9 +3,10 @@
 //! not be mistaken for provider-reported usage: these figures only size reservations
 //! before a request and stand in when a stream dies before its final usage.
 //!
-//! - OpenAI models: exact BPE counts with tiktoken (`o200k_base` for gpt-4o, gpt-4.1,
-//!   gpt-4.5, gpt-5, o-series and unknown models; `cl100k_base` for gpt-4, gpt-3.5 and the
-//!   embedding models), built once per process.
+//! - OpenAI models: exact BPE counts with tiktoken's encodings (`o200k_base` for gpt-4o,
+//!   gpt-4.1, gpt-4.5, gpt-5, o-series and unknown models; `cl100k_base` for gpt-4,
+//!   gpt-3.5 and the embedding models), counted by [`super::bpe`] over tables built once
+//!   per process.
 //! - Anthropic and Gemini: no local tokenizer is published, so we use
 //!   `ceil(chars / 3.5)` (see [`approx_tokens`]). Published rules of thumb are about 3.5
 //!   characters per token for Claude and about 4 for Gemini; 3.5 errs towards
@@ -17,7 +18,8 @@
 use std::sync::LazyLock;
 
 use tally_events::Provider;
-use tiktoken_rs::CoreBPE;
+
+use super::bpe::{Bpe, Encoding};
 
 /// Tokens added per message for role and separators (OpenAI's published chat-format
 /// overhead is 3, plus 1 when a `name` is set).
@@ -30,8 +32,8 @@ pub const MEDIA_PART_TOKENS: u64 = 1_000;
 /// extrapolated from the ratio measured on the first part.
 pub const MAX_BPE_BYTES: usize = 1 << 20;
 
-static O200K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| tiktoken_rs::o200k_base().ok());
-static CL100K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| tiktoken_rs::cl100k_base().ok());
+static O200K: LazyLock<Option<Bpe>> = LazyLock::new(|| Bpe::new(Encoding::O200kBase).ok());
+static CL100K: LazyLock<Option<Bpe>> = LazyLock::new(|| Bpe::new(Encoding::Cl100kBase).ok());
 
 /// How a model's text is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,14 +103,14 @@ pub fn count_text(tokenizer: Tokenizer, text: &str) -> u64 {
         return approx_tokens(text);
     };
     if text.len() <= MAX_BPE_BYTES {
-        return bpe.count_ordinary(text) as u64;
+        return bpe.count(text);
     }
     let mut cut = MAX_BPE_BYTES;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     let (head, tail) = text.split_at(cut);
-    let head_tokens = bpe.count_ordinary(head) as u64;
+    let head_tokens = bpe.count(head);
     let head_chars = head.chars().count().max(1) as u64;
     let tail_chars = tail.chars().count() as u64;
     head_tokens.saturating_add(tail_chars.saturating_mul(head_tokens).div_ceil(head_chars))

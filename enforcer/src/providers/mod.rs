@@ -18,6 +18,7 @@
 //! usage object is "unknown" (`complete` false), never zero.
 
 mod anthropic;
+mod bpe;
 pub mod estimate;
 mod gemini;
 mod json;
