@@ -260,7 +260,7 @@ mod tests {
         )
         .ok();
         let env = vec![
-            ("TALLY_LOG__FSYNC".to_owned(), "always".to_owned()),
+            ("TALLY_LOG__FSYNC".to_owned(), "interval".to_owned()),
             ("TALLY_LOG__SEGMENT_BYTES".to_owned(), "1048576".to_owned()),
             (
                 "TALLY_ADMIN_TOKEN".to_owned(),
@@ -271,7 +271,7 @@ mod tests {
         let cfg = TallyConfig::load_from(Some(&file), env.into_iter()).map_err(|e| e.to_string());
         let Ok(cfg) = cfg else { panic!("{cfg:?}") };
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/tally"));
-        assert_eq!(cfg.log.fsync, FsyncPolicy::Always);
+        assert_eq!(cfg.log.fsync, FsyncPolicy::Interval);
         assert_eq!(cfg.log.fsync_interval_ms, 20);
         assert_eq!(cfg.log.segment_bytes, 1_048_576);
         assert_eq!(cfg.log_dir(), PathBuf::from("/srv/tally/log"));

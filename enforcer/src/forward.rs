@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
 use parking_lot::Mutex;
 use tally_events::{FinishState, Timestamp, TokenCounts};
@@ -516,7 +516,10 @@ async fn relay_whole(
     let _ = open.send(());
 }
 
-type FrameResult = Result<Frame<Bytes>, io::Error>;
+/// What the relay task sends the client's body: data, or the error that ends it. Bytes
+/// rather than `Frame`s (which can hold trailers and are three times larger), since the
+/// channel allocates room for 32 of them per stream up front.
+type Chunk = Result<Bytes, io::Error>;
 
 async fn relay_stream(
     attempt: &Attempt<'_>,
@@ -528,11 +531,9 @@ async fn relay_stream(
 ) {
     let config = &attempt.state.config;
     let status = parts.status.as_u16();
-    let (tx, rx) = mpsc::channel::<FrameResult>(16);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let (tx, rx) = mpsc::channel::<Chunk>(16);
     stamp(&mut parts.headers, &attempt.id, attempt.overhead());
-    let resp = Response::from_parts(parts, StreamBody::new(stream).boxed());
+    let resp = Response::from_parts(parts, ChannelBody(rx).boxed());
     let mut client_gone = !send_head(head_tx, resp);
     let mut gone_at = client_gone.then(Instant::now);
     let mut parser = providers::sse::SseParser::new(MAX_SSE_EVENT_BYTES);
@@ -590,7 +591,7 @@ async fn relay_stream(
                 if hold {
                     held.extend_from_slice(&rest);
                 } else if !rest.is_empty() && !client_gone {
-                    let _ = tx.send(Ok(Frame::data(rest))).await;
+                    let _ = tx.send(Ok(rest)).await;
                 }
                 break if client_gone {
                     FinishState::ClientAborted
@@ -686,7 +687,7 @@ async fn relay_stream(
                     if hold {
                         held.extend_from_slice(&err);
                     } else {
-                        let _ = tx.send(Ok(Frame::data(Bytes::from(err)))).await;
+                        let _ = tx.send(Ok(Bytes::from(err))).await;
                     }
                     break FinishState::CutByPolicy;
                 }
@@ -695,7 +696,7 @@ async fn relay_stream(
         if ttft.is_none() {
             ttft = Some(ms(attempt.ctx.started.elapsed()));
         }
-        if tx.send(Ok(Frame::data(out))).await.is_err() {
+        if tx.send(Ok(out)).await.is_err() {
             client_gone = true;
             gone_at = Some(Instant::now());
         }
@@ -725,9 +726,26 @@ async fn relay_stream(
     }
     attempt.finish(o).await;
     if !held.is_empty() && !client_gone {
-        let _ = tx.send(Ok(Frame::data(held.freeze()))).await;
+        let _ = tx.send(Ok(held.freeze())).await;
     }
     drop(tx);
+}
+
+/// The client's side of a relayed stream: chunks as the relay task sends them.
+struct ChannelBody(mpsc::Receiver<Chunk>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(Frame::data)))
+    }
 }
 
 /// A whole response body that is sent only once `open` fires (or is dropped), keeping

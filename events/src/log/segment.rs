@@ -393,13 +393,13 @@ impl EventLog for SegmentLog {
         state.appended += 1;
         let before = state.pending_bytes;
         state.pending_bytes += frame_len as usize;
-        let wake = match shared.policy {
-            FsyncPolicy::Always => true,
-            FsyncPolicy::Interval => {
-                before == 0
-                    || (before < EARLY_WRITE_BYTES && state.pending_bytes >= EARLY_WRITE_BYTES)
-            }
-        };
+        // The writer only sleeps with nothing pending, so the first append after it took
+        // the pending chunks is the one that must wake it (and, in interval mode, the one
+        // that crosses the early-write size).
+        let wake = before == 0
+            || (shared.policy == FsyncPolicy::Interval
+                && before < EARLY_WRITE_BYTES
+                && state.pending_bytes >= EARLY_WRITE_BYTES);
         drop(guard);
         if wake {
             shared.work.notify_one();
