@@ -711,13 +711,7 @@ async fn relay_stream(
             o.upstream_request_id = r.upstream_request_id.clone();
         }
         if !r.complete {
-            let model = o
-                .model_served
-                .as_deref()
-                .or(attempt.ctx.model_requested.as_deref())
-                .unwrap_or("");
-            o.estimated_output_tokens =
-                providers::estimate::estimate_output_tokens(model, t.streamed_text());
+            o.estimated_output_tokens = t.estimated_output_tokens();
         }
         o.reported = Some((r.tokens, r.complete));
     }

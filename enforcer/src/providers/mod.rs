@@ -337,6 +337,14 @@ pub enum EventAction {
 /// counted (and estimated at 4 characters per token).
 pub const MAX_TRACKED_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Once this much streamed text is held, its tokens up to the last word boundary are
+/// counted and the text dropped, so a stream holds at most a few KiB of text however
+/// long it runs.
+pub const FOLD_TEXT_BYTES: usize = 4 * 1024;
+
+/// Text with no word boundary (CJK, base64) is cut at any character past this size.
+pub(crate) const FORCE_FOLD_TEXT_BYTES: usize = 4 * FOLD_TEXT_BYTES;
+
 /// Per-provider raw usage while a stream is read.
 #[derive(Debug, Default)]
 pub(crate) struct AnthropicRaw {
@@ -398,9 +406,9 @@ pub struct StreamTracker {
     requested_model: Option<String>,
     estimated_input_tokens: u64,
     state: StreamState,
-    /// Tokens counted so far by [`StreamTracker::running_output_tokens`], and the text
-    /// length they cover.
-    running: (usize, u64),
+    /// Output tokens of the streamed text already counted and dropped (see
+    /// [`FOLD_TEXT_BYTES`]).
+    folded_tokens: u64,
 }
 
 impl StreamTracker {
@@ -413,7 +421,7 @@ impl StreamTracker {
             requested_model: endpoint.model_in_path.clone(),
             estimated_input_tokens: 0,
             state: StreamState::default(),
-            running: (0, 0),
+            folded_tokens: 0,
         }
     }
 
@@ -430,6 +438,14 @@ impl StreamTracker {
     /// Reads one event; returns whether to forward it. Events that are not JSON, or not
     /// of a known shape, are forwarded untouched and ignored.
     pub fn on_event(&mut self, event: &SseEvent) -> EventAction {
+        let action = self.read_event(event);
+        if self.state.text.len() >= FOLD_TEXT_BYTES {
+            self.fold();
+        }
+        action
+    }
+
+    fn read_event(&mut self, event: &SseEvent) -> EventAction {
         match self.endpoint.provider {
             Provider::Anthropic => {
                 anthropic::on_event(&mut self.state, event);
@@ -478,9 +494,11 @@ impl StreamTracker {
         }
     }
 
-    /// The output text streamed so far (content, refusals, reasoning/thinking text, tool
-    /// arguments), up to [`MAX_TRACKED_TEXT_BYTES`].
-    pub fn streamed_text(&self) -> &str {
+    /// The streamed output text not yet folded into [`Self::estimated_output_tokens`]
+    /// (content, refusals, reasoning/thinking text, tool arguments): all of it while
+    /// under [`FOLD_TEXT_BYTES`].
+    #[cfg(test)]
+    pub(crate) fn streamed_text(&self) -> &str {
         &self.state.text
     }
 
@@ -494,41 +512,53 @@ impl StreamTracker {
         estimate::tokenizer_for(self.endpoint.provider, model)
     }
 
-    /// Estimated output tokens for what was streamed so far.
-    pub fn estimated_output_tokens(&self) -> u64 {
-        estimate::count_text(self.output_tokenizer(), &self.state.text)
-            .saturating_add(self.state.overflow_chars.div_ceil(4))
-    }
-
-    /// Estimated output tokens so far for checks while streaming: counts only the text
-    /// added since the last call, up to its last word boundary (where BPE
-    /// pre-tokenization splits anyway), plus the unfinished rest, so checking a stream after
-    /// every chunk costs time linear in its length rather than quadratic. Equals
-    /// [`StreamTracker::estimated_output_tokens`] up to rare merges across a cut.
-    pub fn running_output_tokens(&mut self) -> u64 {
-        let tokenizer = self.output_tokenizer();
+    /// Count the held text up to its last word boundary, add it to the folded tokens
+    /// and drop it. The cut is before the last space that follows a letter or digit:
+    /// BPE pre-tokenization starts a new piece there (` word`), so the counts add up to
+    /// a count of the whole text (up to rare merges across a cut). Text with no such
+    /// boundary is cut at a character boundary once it passes [`FORCE_FOLD_TEXT_BYTES`].
+    fn fold(&mut self) {
         let text = &self.state.text;
-        let (mut upto, mut counted) = self.running;
-        if upto > text.len() || !text.is_char_boundary(upto) {
-            (upto, counted) = (0, 0);
-        }
-        let new = &text[upto..];
-        // Cut before the last space that follows a letter or digit: BPE pre-tokenization
-        // starts a new piece there (` word`), so the two counts add up.
-        let cut = new
+        let cut = text
             .char_indices()
             .rev()
             .skip(1)
-            .find(|&(i, c)| c.is_alphanumeric() && new[i + c.len_utf8()..].starts_with(' '))
-            .map(|(i, c)| i + c.len_utf8());
-        if let Some(cut) = cut {
-            counted = counted.saturating_add(estimate::count_text(tokenizer, &new[..cut]));
-            upto += cut;
-        }
-        self.running = (upto, counted);
-        counted
-            .saturating_add(estimate::count_text(tokenizer, &text[upto..]))
+            .find(|&(i, c)| c.is_alphanumeric() && text[i + c.len_utf8()..].starts_with(' '))
+            .map(|(i, c)| i + c.len_utf8())
+            .or_else(|| {
+                (text.len() >= FORCE_FOLD_TEXT_BYTES).then(|| {
+                    let mut cut = text.len() - FOLD_TEXT_BYTES / 4;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    cut
+                })
+            });
+        let Some(cut) = cut.filter(|&c| c > 0) else {
+            return;
+        };
+        let tokens = estimate::count_text(self.output_tokenizer(), &text[..cut]);
+        self.folded_tokens = self.folded_tokens.saturating_add(tokens);
+        self.state.text.drain(..cut);
+    }
+
+    /// Estimated output tokens for what was streamed so far: the folded count plus the
+    /// text still held, plus characters past [`MAX_TRACKED_TEXT_BYTES`] at 4 per token.
+    pub fn estimated_output_tokens(&self) -> u64 {
+        self.folded_tokens
+            .saturating_add(estimate::count_text(
+                self.output_tokenizer(),
+                &self.state.text,
+            ))
             .saturating_add(self.state.overflow_chars.div_ceil(4))
+    }
+
+    /// Estimated output tokens so far for checks while streaming (after every chunk):
+    /// folds the held text first, so each check counts at most a few KiB and checking a
+    /// stream costs time linear in its length rather than quadratic.
+    pub fn running_output_tokens(&mut self) -> u64 {
+        self.fold();
+        self.estimated_output_tokens()
     }
 
     /// The figures to record for this stream now: provider-reported when complete;
