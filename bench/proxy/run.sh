@@ -161,8 +161,8 @@ rss_of() { awk '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=
 # --- tally ---------------------------------------------------------------------------
 PROVIDER_KEY=sk-provider-bench
 GATEWAY_KEY=tally-bench-key
-start_tally() { # start_tally PORT ADMIN_PORT UPSTREAM_PORT DIR [HTTP2 (true|false)]
-  local port=$1 admin=$2 upstream=$3 dir=$4 h2=""
+start_tally() { # start_tally PORT ADMIN_PORT UPSTREAM_PORT DIR [HTTP2 (true|false)] [COMMAND (up|enforcer)]
+  local port=$1 admin=$2 upstream=$3 dir=$4 h2="" command=${6:-up}
   [ "${5:-false}" = true ] && h2=", http2: true"
   mkdir -p "$dir"
   cat >"$dir/tally.yaml" <<EOF
@@ -177,7 +177,7 @@ proxy:
   keys:
     - { id: bench, tenant: bench, hash: "$("$TALLY" keys hash "$GATEWAY_KEY")" }
 EOF
-  TALLY_BENCH_PROVIDER_KEY=$PROVIDER_KEY "$TALLY" --config "$dir/tally.yaml" up --drain-seconds 2 >"$dir/tally.log" 2>&1 &
+  TALLY_BENCH_PROVIDER_KEY=$PROVIDER_KEY "$TALLY" --config "$dir/tally.yaml" "$command" --drain-seconds 2 >"$dir/tally.log" 2>&1 &
   TALLY_PID=$!
   PIDS+=($TALLY_PID)
   wait_port "$port"
@@ -320,19 +320,24 @@ done
 # 5 s (x-sim-* headers pass through tally). Client → tally over HTTP/2 (500 streams per
 # connection). tally → simulator once over HTTP/1.1 (one upstream socket per stream, as
 # with a cleartext upstream) and once over HTTP/2 (`http2: true`; what an https provider
-# negotiates by ALPN): STREAM_UPSTREAMS (default "http1 http2"). SETUPS="streams" runs
-# only this part.
+# negotiates by ALPN): STREAM_UPSTREAMS (default "http1 http2"). Each in `tally up` (the
+# whole embedded stack) and in `tally enforcer` (the proxy alone, as in split mode; its
+# events go to the local log): STREAM_PROCESSES (default "up enforcer"). SETUPS="streams"
+# runs only this part.
 if [[ " $SETUPS " == *" tally "* || " $SETUPS " == *" streams "* ]] && [ "$STREAMS" -gt 0 ]; then
   TALLY_LOG_FILTER=warn "$TALLY" --config "$WORK/empty.yaml" simulate --listen "127.0.0.1:$STREAM_SIM_PORT" >"$WORK/sim2.log" 2>&1 &
   PIDS+=($!)
   wait_port "$STREAM_SIM_PORT"
+  for process in ${STREAM_PROCESSES:-up enforcer}; do
   for mode in ${STREAM_UPSTREAMS:-http1 http2}; do
     http2=false
     [ "$mode" = http2 ] && http2=true
-    start_tally "$TALLY_PORT" "$TALLY_ADMIN_PORT" "$STREAM_SIM_PORT" "$WORK/tally-streams-$mode" "$http2"
+    name=$mode
+    [ "$process" = up ] || name=$process-$mode
+    start_tally "$TALLY_PORT" "$TALLY_ADMIN_PORT" "$STREAM_SIM_PORT" "$WORK/tally-streams-$name" "$http2" "$process"
     sleep 1
     IDLE_RSS=$(rss_of "$TALLY_PID")
-    log "tally idle ($mode upstream): $IDLE_RSS; opening $STREAMS streams"
+    log "tally $process idle ($mode upstream): $IDLE_RSS; opening $STREAMS streams"
     "$LOADGEN" streams --url "http://127.0.0.1:$TALLY_PORT/v1/chat/completions" --body "@$STREAM_BODY" \
       -H "authorization: Bearer $GATEWAY_KEY" -H "x-sim-ttft-ms: 2000" -H "x-sim-chunk-delay-ms: 5000" \
       -H "x-sim-output-tokens: 400" --count "$STREAMS" --hold-secs "$STREAM_HOLD" >"$WORK/streams.out" &
@@ -349,13 +354,14 @@ if [[ " $SETUPS " == *" tally "* || " $SETUPS " == *" streams "* ]] && [ "$STREA
     done
     HELD_RSS=$(rss_of "$TALLY_PID")
     FDS=$(ls "/proc/$TALLY_PID/fd" | wc -l)
-    log "tally with streams open ($mode upstream): $HELD_RSS (max sampled VmRSS $MAX_RSS kB, $FDS fds)"
+    log "tally $process with streams open ($mode upstream): $HELD_RSS (max sampled VmRSS $MAX_RSS kB, $FDS fds)"
     wait "$LG" || true
     rm -f "$WORK/streams.out"
-    cat >"$OUT/tally-streams-$mode.json" <<EOF
-{"upstream": "$mode", "opened": $OPENED, "idle": $IDLE_RSS, "held": $HELD_RSS, "max_sampled_rss_kb": $MAX_RSS, "fds": $FDS, "load": "$(load)"}
+    cat >"$OUT/tally-streams-$name.json" <<EOF
+{"process": "$process", "upstream": "$mode", "opened": $OPENED, "idle": $IDLE_RSS, "held": $HELD_RSS, "max_sampled_rss_kb": $MAX_RSS, "fds": $FDS, "load": "$(load)"}
 EOF
     stop_pid "$TALLY_PID"
+  done
   done
 fi
 

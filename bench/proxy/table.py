@@ -31,7 +31,10 @@ def main(out):
     nginx_tput = (read(os.path.join(out, "nginx-closed.json")) or {}).get("req_per_s")
     streams = [
         s
-        for s in (read(os.path.join(out, f"tally-streams-{m}.json")) for m in ("http1", "http2"))
+        for s in (
+            read(os.path.join(out, f"tally-streams-{name}.json"))
+            for name in ("http1", "http2", "enforcer-http1", "enforcer-http2")
+        )
         if s
     ]
     for setup, title in names.items():
@@ -67,6 +70,7 @@ def main(out):
         rss = "—"
         if setup == "tally" and streams:
             rss = "; ".join(
+                f"{'`tally enforcer` alone: ' if s.get('process') == 'enforcer' else ''}"
                 f"{s['held']['rss_kb'] / 1024:.0f} MiB ({s['held']['anon_kb'] / 1024:.0f} MiB "
                 f"anonymous) with {s['opened']['open']:,} streams open over an "
                 f"{'HTTP/2' if s['upstream'] == 'http2' else 'HTTP/1.1'} upstream, idle "
