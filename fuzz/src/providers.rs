@@ -89,7 +89,6 @@ pub fn run(endpoints: &[Endpoint], data: &[u8]) {
                 assert!(tokens.output_tokens >= report.tokens.output_tokens);
             }
             let _ = tracker.estimated_output_tokens();
-            let _ = tracker.streamed_text().len();
             reports.push(report);
         }
         assert_eq!(
