@@ -409,6 +409,9 @@ pub struct StreamTracker {
     /// Output tokens of the streamed text already counted and dropped (see
     /// [`FOLD_TEXT_BYTES`]).
     folded_tokens: u64,
+    /// Bytes at the start of the held text already searched for a word boundary, so a
+    /// stream without one (CJK, base64) is not rescanned on every event.
+    searched: usize,
 }
 
 impl StreamTracker {
@@ -422,6 +425,7 @@ impl StreamTracker {
             estimated_input_tokens: 0,
             state: StreamState::default(),
             folded_tokens: 0,
+            searched: 0,
         }
     }
 
@@ -519,12 +523,19 @@ impl StreamTracker {
     /// boundary is cut at a character boundary once it passes [`FORCE_FOLD_TEXT_BYTES`].
     fn fold(&mut self) {
         let text = &self.state.text;
-        let cut = text
+        // A boundary needs the character before a space: start one character before
+        // the part already searched.
+        let mut from = self.searched.min(text.len()).saturating_sub(1);
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let window = &text[from..];
+        let cut = window
             .char_indices()
             .rev()
             .skip(1)
-            .find(|&(i, c)| c.is_alphanumeric() && text[i + c.len_utf8()..].starts_with(' '))
-            .map(|(i, c)| i + c.len_utf8())
+            .find(|&(i, c)| c.is_alphanumeric() && window[i + c.len_utf8()..].starts_with(' '))
+            .map(|(i, c)| from + i + c.len_utf8())
             .or_else(|| {
                 (text.len() >= FORCE_FOLD_TEXT_BYTES).then(|| {
                     let mut cut = text.len() - FOLD_TEXT_BYTES / 4;
@@ -535,11 +546,14 @@ impl StreamTracker {
                 })
             });
         let Some(cut) = cut.filter(|&c| c > 0) else {
+            self.searched = text.len();
             return;
         };
         let tokens = estimate::count_text(self.output_tokenizer(), &text[..cut]);
         self.folded_tokens = self.folded_tokens.saturating_add(tokens);
         self.state.text.drain(..cut);
+        // The cut was the last boundary: what is left holds none.
+        self.searched = self.state.text.len();
     }
 
     /// Estimated output tokens for what was streamed so far: the folded count plus the
