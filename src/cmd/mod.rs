@@ -66,9 +66,9 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The runtime for background work beside the proxy (see [`BackgroundConfig`]): its
-/// threads, async workers and blocking pool alike, are named `tally-bg` and run at
-/// `cfg.nice`; threads they start inherit it.
+/// The runtime for background work beside the proxy (see
+/// [`crate::config::BackgroundConfig`]): its threads, async workers and blocking pool
+/// alike, are named `tally-bg` and run at `cfg.nice`; threads they start inherit it.
 pub(crate) fn background_runtime(
     cfg: &crate::config::BackgroundConfig,
 ) -> Result<tokio::runtime::Runtime> {
