@@ -77,16 +77,15 @@ pub(crate) fn run(global: &GlobalArgs, args: DemoArgs) -> Result<()> {
     prepare_data_dir(&data_dir)?;
     let now = Timestamp::now();
     let mut cfg = demo_config(&data_dir, &args, now)?;
-    let background = super::background_runtime(&cfg.background)?;
-    let opts = StackOptions {
-        dev_simulator: Some(args.simulator_listen),
-        metrics_tenant_label: true,
-        background: Some(background.handle().clone()),
-    };
     let steps = Steps::new(6);
     steps.next("starting the stack: proxy, event log, ledger, SQL servers, provider simulator");
-    let rt = super::runtime()?;
-    let result = rt.block_on(async move {
+    let background_cfg = cfg.background.clone();
+    super::block_on_with_background(&background_cfg, |background| async move {
+        let opts = StackOptions {
+            dev_simulator: Some(args.simulator_listen),
+            metrics_tenant_label: true,
+            background: Some(background),
+        };
         let stack = Stack::start(&mut cfg, &opts).await?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let tour = Tour {
@@ -133,11 +132,7 @@ pub(crate) fn run(global: &GlobalArgs, args: DemoArgs) -> Result<()> {
             data_dir.display()
         );
         Ok(())
-    });
-    // As in `tally up`: the background runtime's listeners belong to the main one.
-    background.shutdown_timeout(Duration::from_secs(5));
-    drop(rt);
-    result
+    })
 }
 
 /// Step lines on stderr: the progress of the run, whether or not it is a terminal.

@@ -66,6 +66,24 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Run `body` on a new main runtime with a background runtime beside it (see
+/// [`background_runtime`]); `body` gets the background runtime's handle. The background
+/// runtime is shut down first: its tasks use listeners bound on the main one.
+pub(crate) fn block_on_with_background<T, Fut>(
+    cfg: &crate::config::BackgroundConfig,
+    body: impl FnOnce(tokio::runtime::Handle) -> Fut,
+) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let background = background_runtime(cfg)?;
+    let rt = runtime()?;
+    let result = rt.block_on(body(background.handle().clone()));
+    background.shutdown_timeout(std::time::Duration::from_secs(5));
+    drop(rt);
+    result
+}
+
 /// The runtime for background work beside the proxy (see
 /// [`crate::config::BackgroundConfig`]): its threads, async workers and blocking pool
 /// alike, are named `tally-bg` and run at `cfg.nice`; threads they start inherit it.

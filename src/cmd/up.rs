@@ -324,45 +324,59 @@ pub(crate) fn run(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     if let Some(l) = args.postgres_listen {
         cfg.postgres.listen = l;
     }
-    let background = super::background_runtime(&cfg.background)?;
-    let opts = StackOptions {
-        dev_simulator: args.dev.then_some(args.simulator_listen),
-        metrics_tenant_label: args.metrics_tenant_label,
-        background: Some(background.handle().clone()),
-    };
-    let rt = super::runtime()?;
-    let result = rt.block_on(async move {
+    let background_cfg = cfg.background.clone();
+    super::block_on_with_background(&background_cfg, |background| async move {
+        let opts = StackOptions {
+            dev_simulator: args.dev.then_some(args.simulator_listen),
+            metrics_tenant_label: args.metrics_tenant_label,
+            background: Some(background),
+        };
         let stack = Stack::start(&mut cfg, &opts).await?;
         let (addr, admin_addr) = (stack.proxy_addr, stack.admin_addr);
-        let admin_scheme = if cfg.admin.tls.is_some() { "https" } else { "http" };
+        let admin_scheme = if cfg.admin.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         println!(
             "tally proxy listening on {}://{addr}",
-            if cfg.proxy.tls.is_some() { "https" } else { "http" }
+            if cfg.proxy.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
         );
-        println!("tally admin API on {admin_scheme}://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)");
+        println!(
+            "tally admin API on {admin_scheme}://{admin_addr} (POST /v1/sql, GET /v1/why/<id>, GET /v1/usage)"
+        );
         if let Some(pg) = stack.pg_addr {
-            println!("tally postgres wire on {pg} (psql \"host={} port={} user=admin dbname=tally\")", pg.ip(), pg.port());
+            println!(
+                "tally postgres wire on {pg} (psql \"host={} port={} user=admin dbname=tally\")",
+                pg.ip(),
+                pg.port()
+            );
         }
         println!("  event log: {}", stack.log_dir.display());
         println!("  tables:    {}", stack.tables_root);
         if args.dev {
             println!("  dev mode: any key `dev-<tenant>-<anything>` works, e.g.");
-            println!("    curl http://{addr}/v1/chat/completions -H 'authorization: Bearer dev-acme-1' \\");
-            println!("      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
+            println!(
+                "    curl http://{addr}/v1/chat/completions -H 'authorization: Bearer dev-acme-1' \\"
+            );
+            println!(
+                "      -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
+            );
             println!("  admin token (dev): {DEV_ADMIN_TOKEN}");
         }
-        println!("  health: {admin_scheme}://{admin_addr}/healthz, {admin_scheme}://{admin_addr}/readyz; metrics: {admin_scheme}://{admin_addr}/metrics (admin token)");
+        println!(
+            "  health: {admin_scheme}://{admin_addr}/healthz, {admin_scheme}://{admin_addr}/readyz; metrics: {admin_scheme}://{admin_addr}/metrics (admin token)"
+        );
         let durable_end = stack
             .serve_until(shutdown_signal(), Duration::from_secs(args.drain_seconds))
             .await?;
         println!("tally stopped; event log durable up to {durable_end}");
         Ok(())
-    });
-    // The background tasks were stopped above (or are abandoned on an error); their
-    // listeners belong to the proxy's runtime, so theirs goes first.
-    background.shutdown_timeout(Duration::from_secs(5));
-    drop(rt);
-    result
+    })
 }
 
 /// After the proxy stopped accepting: wait for forwarding tasks (a stream whose client

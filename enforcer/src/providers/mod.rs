@@ -333,8 +333,9 @@ pub enum EventAction {
     Drop,
 }
 
-/// Streamed output text is kept up to this many bytes; beyond it only characters are
-/// counted (and estimated at 4 characters per token).
+/// Streamed output text is held up to this many bytes before it is folded (see
+/// [`FOLD_TEXT_BYTES`]; only a single event this large reaches it); beyond it only
+/// characters are counted (and estimated at 4 characters per token).
 pub const MAX_TRACKED_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Once this much streamed text is held, its tokens up to the last word boundary are
