@@ -229,15 +229,25 @@ impl<'a> WireEvent<'a> {
     /// Read one event and check that its type's required fields are present (an error
     /// here makes [`decode_wire`] fall back to the full serde model, which decides).
     fn read(bytes: &'a [u8]) -> Result<(WireEvent<'a>, EventType), serde_json::Error> {
+        let mut w = WireEvent::default();
+        let t = w.read_into(bytes)?;
+        Ok((w, t))
+    }
+
+    /// [`WireEvent::read`] into `self` (whatever it held is replaced), so that a caller
+    /// decoding many events reuses one in place rather than moving each one out.
+    fn read_into(&mut self, bytes: &'a [u8]) -> Result<EventType, serde_json::Error> {
         // The canonical form (what tally writes) in one pass; anything else through
         // serde, which also words the errors.
-        let w: WireEvent<'a> = match std::str::from_utf8(bytes) {
-            Ok(text) => match canonical::read(text) {
-                Some(w) => w,
-                None => serde_json::from_str(text)?,
-            },
-            Err(_) => serde_json::from_slice(bytes)?,
-        };
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                if !canonical::read_into(text, self) {
+                    *self = serde_json::from_str(text)?;
+                }
+            }
+            Err(_) => *self = serde_json::from_slice(bytes)?,
+        }
+        let w = &*self;
         let event_type = match &w.event_type {
             Some(t) => EventType::parse(t.as_str()),
             None => return Err(missing("event_type")),
@@ -275,7 +285,7 @@ impl<'a> WireEvent<'a> {
         {
             return Err(missing(field));
         }
-        Ok((w, event_type))
+        Ok(event_type)
     }
 
     /// The event's type (never [`EventType::Other`]).
@@ -505,6 +515,52 @@ impl Decoded<'_> {
             Decoded::Wire(w) => w.to_event(),
             Decoded::Model(e) => e,
         }
+    }
+}
+
+/// Decodes events one after another into one reused slot: [`decode_wire`] without
+/// moving each decoded event (over a kilobyte of fields) out of the reader, for a caller
+/// that handles each event before decoding the next (the ledger's conversion).
+#[derive(Debug)]
+pub struct WireDecoder<'a> {
+    slot: Decoded<'a>,
+}
+
+impl Default for WireDecoder<'_> {
+    fn default() -> Self {
+        Self {
+            slot: Decoded::Wire(WireEvent::default()),
+        }
+    }
+}
+
+impl<'a> WireDecoder<'a> {
+    /// Decode `bytes`: the same event and errors as [`decode_wire`].
+    pub fn decode(&mut self, bytes: &'a [u8]) -> Result<&Decoded<'a>, DecodeError> {
+        if matches!(self.slot, Decoded::Model(_)) {
+            self.slot = Decoded::Wire(WireEvent::default());
+        }
+        // `Err(None)`: the full model decides (and words the error).
+        let read = match &mut self.slot {
+            Decoded::Wire(w) => match w.read_into(bytes) {
+                Ok(EventType::Other) => Err(Some(DecodeError::UnknownEventType(
+                    w.event_type
+                        .as_ref()
+                        .map(|t| t.as_str().to_owned())
+                        .unwrap_or_default(),
+                ))),
+                Ok(_) => Ok(()),
+                Err(_) => Err(None),
+            },
+            // Not reached (the slot holds the wire form from above); the model decides.
+            Decoded::Model(_) => Err(None),
+        };
+        match read {
+            Ok(()) => {}
+            Err(Some(e)) => return Err(e),
+            Err(None) => self.slot = Decoded::Model(decode_model(bytes)?),
+        }
+        Ok(&self.slot)
     }
 }
 

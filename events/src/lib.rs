@@ -8,7 +8,7 @@ pub mod log;
 pub mod model;
 pub mod time;
 
-pub use codec::{DecodeError, Decoded, WireEvent, decode, decode_wire, encode};
+pub use codec::{DecodeError, Decoded, WireDecoder, WireEvent, decode, decode_wire, encode};
 pub use model::{
     CorrectionEvent, CounterUnit, DecisionEvent, Event, EventHeader, EventId, EventType,
     FinishState, Outcome, Provider, Route, RuleKind, SCHEMA_VERSION, TokenCounts, UsageEvent,

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use tally_events::codec::read_canonical;
 use tally_events::{
     CorrectionEvent, CounterUnit, DecisionEvent, Event, EventHeader, EventId, FinishState, Outcome,
-    Provider, Route, RuleKind, Timestamp, TokenCounts, UsageEvent, UsageSource, WireEvent,
-    decode_wire, encode,
+    Provider, Route, RuleKind, Timestamp, TokenCounts, UsageEvent, UsageSource, WireDecoder,
+    WireEvent, decode_wire, encode,
 };
 
 /// What the canonical reader makes of `bytes`, checked against serde's reader: when it
@@ -250,6 +250,55 @@ proptest! {
             }
         }
         let _ = agree(&bytes);
+    }
+}
+
+/// One `WireDecoder` reused over a run of payloads (written, escaped, damaged or not
+/// events at all) decodes each exactly as `decode_wire` does: nothing of one payload is
+/// left over in the next. (On a thread of its own: the strategy of a run of whole events
+/// needs more stack than a test thread has in a debug build.)
+#[test]
+fn a_reused_decoder_decodes_each_payload_on_its_own() {
+    let run = std::thread::Builder::new().stack_size(64 << 20).spawn(|| {
+        let payloads = proptest::collection::vec(
+            prop_oneof![
+                4 => event(true).prop_map(|e| encode(&e)),
+                2 => event(false).prop_map(|e| encode(&e)),
+                1 => (event(true), any::<prop::sample::Index>()).prop_map(|(e, at)| {
+                    let mut bytes = encode(&e);
+                    bytes.remove(at.index(bytes.len()));
+                    bytes
+                }),
+                1 => Just(br#"{"event_type":"audit","tenant":"t"}"#.to_vec()),
+            ],
+            1..12,
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 256,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&payloads, |payloads| {
+                let mut decoder = WireDecoder::default();
+                for p in &payloads {
+                    let reused = decoder
+                        .decode(p)
+                        .map(|d| d.clone().into_event())
+                        .map_err(|e| e.to_string());
+                    let alone = decode_wire(p)
+                        .map(|d| d.into_event())
+                        .map_err(|e| e.to_string());
+                    prop_assert_eq!(reused, alone, "{}", String::from_utf8_lossy(p));
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
+    });
+    match run.map(|t| t.join()) {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(failure))) => panic!("{failure}"),
+        Ok(Err(_)) => panic!("the property thread panicked"),
+        Err(e) => panic!("spawning the property thread: {e}"),
     }
 }
 

@@ -1,16 +1,19 @@
 //! Fuzz target `event_decode`: the event wire decoder (`tally_events::codec`) and the
 //! ledger's conversion of decoded events to Arrow rows, on arbitrary bytes. Checks that
 //! a decoded event encodes and decodes back to itself, that the one-pass canonical reader
-//! and serde's reader agree, that the borrowing fast reader and the full model agree, and
-//! that the ledger's row builder gives the same rows as the batch conversion of the owned
-//! event.
+//! and serde's reader agree, that a decoder reused after another event decodes as a fresh
+//! one, that the borrowing fast reader and the full model agree, and that the ledger's row
+//! builder gives the same rows as the batch conversion of the owned event.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tally_events::arrow::{
     RowsBuilder, Table, corrections_to_batch, decisions_to_batch, usage_to_batch, with_day_column,
 };
-use tally_events::{Decoded, Event, WireEvent, decode, decode_wire, encode};
+use tally_events::{Decoded, Event, WireDecoder, WireEvent, decode, decode_wire, encode};
+
+/// A usage event with every optional field set, in its written form.
+const FULL_USAGE: &[u8] = br#"{"event_type":"usage","event_id":"01a22ad4-afb6-71d2-b7a9-0d39505a88e8","schema_version":1,"occurred_at":"2026-11-01T00:00:00Z","gateway_instance":"g","request_id":"r","tenant":"t","api_key_id":"k","labels":{"team":"a"},"provider":"openai","route":"chat","model_requested":"m","model_served":"m","upstream_request_id":"u","upstream":"main","status_code":200,"streamed":true,"finish_state":"completed","input_tokens":1,"cached_input_tokens":1,"cache_write_tokens":1,"output_tokens":1,"reasoning_tokens":1,"audio_input_tokens":1,"audio_output_tokens":1,"usage_source":"provider_reported","cost_micros":1,"price_version":"v","latency_ms":1,"ttft_ms":1,"retry_attempt":1,"retry_of":"r0"}"#;
 
 fn table_of(event: &Event) -> Table {
     match event {
@@ -48,6 +51,18 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => panic!("the canonical reader took what serde refuses: {e}"),
         }
     }
+    // A decoder reused after another event (a usage event with every optional field)
+    // decodes the bytes as a fresh call does.
+    let mut reused = WireDecoder::default();
+    let _ = reused.decode(FULL_USAGE);
+    let again = reused
+        .decode(data)
+        .map(|d| d.clone().into_event())
+        .map_err(|e| e.to_string());
+    let alone = decode_wire(data)
+        .map(|d| d.into_event())
+        .map_err(|e| e.to_string());
+    assert_eq!(again, alone, "a reused decoder and a fresh one differ");
     let decoded = match decode_wire(data) {
         Ok(decoded) => decoded,
         Err(e) => {

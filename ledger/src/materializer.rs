@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tally_events::arrow::{RowsBuilder, Table};
 use tally_events::log::{EventLog, Position, Record, Span};
-use tally_events::{Decoded, Timestamp, WireEvent};
+use tally_events::{Decoded, Timestamp, WireDecoder, WireEvent};
 use tokio::task::JoinHandle;
 
 use crate::config::LedgerConfig;
@@ -256,12 +256,13 @@ fn decode_read(
 ) -> Result<DecodedRead, LedgerError> {
     let mut out = DecodedRead::default();
     let mut rows: [TableRows; 3] = Default::default();
+    let mut decoder = WireDecoder::default();
     for r in records {
         let fresh = r.position >= fresh_from;
         if fresh {
             out.fresh += 1;
         }
-        let decoded = match tally_events::decode_wire(&r.payload) {
+        let decoded = match decoder.decode(&r.payload) {
             Ok(decoded) => decoded,
             Err(e) => {
                 if fresh {
@@ -297,7 +298,7 @@ fn decode_read(
         }
         let (builder, keys, first_fresh) =
             rows[i].get_or_insert_with(|| (RowsBuilder::new(Table::ALL[i]), Vec::new(), None));
-        let appended = match &decoded {
+        let appended = match decoded {
             Decoded::Wire(w) => builder.append(w),
             Decoded::Model(e) => builder.append(&WireEvent::from_event(e)),
         };
