@@ -21,8 +21,16 @@ pub(crate) fn read(s: &str) -> Option<WireEvent<'_>> {
 
 /// [`read`] into `w` (whatever it held is replaced; left unspecified when `false`).
 pub(crate) fn read_into<'a>(s: &'a str, w: &mut WireEvent<'a>) -> bool {
+    // The labels' room is reused by the next event's labels (one allocation less per
+    // event when a decoder reads into the same slot over and over).
+    let spare_labels = w.labels.take().map(|l| l.0).unwrap_or_default();
     *w = WireEvent::default();
-    let mut r = Reader { s, i: 0, seen: 0 };
+    let mut r = Reader {
+        s,
+        i: 0,
+        seen: 0,
+        spare_labels,
+    };
     r.event(w).is_some() && r.i == s.len()
 }
 
@@ -130,6 +138,8 @@ struct Reader<'a> {
     /// Known fields read so far (serde refuses a repeated field; so does this reader, by
     /// handing the payload to serde).
     seen: u64,
+    /// Room for the labels (emptied before use).
+    spare_labels: Vec<(Str<'a>, Str<'a>)>,
 }
 
 impl<'a> Reader<'a> {
@@ -295,8 +305,9 @@ impl<'a> Reader<'a> {
 
     /// `null`, or a value read by `f`.
     fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
-        if self.literal("null") {
-            Some(None)
+        // Only `null` starts with `n` among the values read here.
+        if self.peek() == Some(b'n') {
+            self.literal("null").then_some(None)
         } else {
             f(self).map(Some)
         }
@@ -341,7 +352,8 @@ impl<'a> Reader<'a> {
     /// `{"k":"v",...}`: the labels, with serde's ordering and repeated-key rule.
     fn labels(&mut self) -> Option<Option<Labels<'a>>> {
         self.opt(|r| {
-            let mut pairs = Vec::new();
+            let mut pairs = std::mem::take(&mut r.spare_labels);
+            pairs.clear();
             r.object(|r, k| {
                 pairs.push((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(r.string()?))));
                 Some(())
@@ -543,6 +555,7 @@ mod tests {
                     s: &text,
                     i: 0,
                     seen: 0,
+                    spare_labels: Vec::new(),
                 };
                 let mut keys = Vec::new();
                 let read = r.object(|r, key| {
